@@ -1,0 +1,1 @@
+//! Admission of CDC batches.
