@@ -1,1 +1,40 @@
 //! Parquet data files and Iceberg v2 metadata for one commit (see issue 3).
+//!
+//! A deterministic, sans-IO core: [`plan_commit`] takes the CDC events of one
+//! table, the table's current state (or none) and the ids of the commit (a
+//! snapshot id, a uuid for file names, the time) and returns the objects to
+//! put, in order, plus the table's new state. The flush pipeline performs the
+//! puts; it reads a table back with [`TableState::from_objects`] and learns
+//! what is already committed with [`committed_watermarks`].
+//!
+//! - [`changelog`]: the changelog table's columns, type inference, schema
+//!   evolution, and the overflow column for values that fit no column.
+//! - [`parquet`]: Parquet encoding into memory, files of bounded size.
+//! - [`stats`]: column statistics and the spec's binary encoding of bounds.
+//! - [`avro`]: manifests and manifest lists (Avro, spec field ids).
+//! - [`metadata`]: `metadata.json` as types; parsing and writing.
+//! - [`table`]: object keys of a table, name validation, loading its state.
+//! - [`commit`]: planning a commit; snapshot summaries and watermarks.
+//!
+//! Nothing here reads a clock, draws random numbers, spawns threads or
+//! touches a file system, so the same code runs natively and in WASM.
+
+pub mod avro;
+pub mod changelog;
+pub mod commit;
+pub mod metadata;
+pub mod parquet;
+pub mod stats;
+pub mod table;
+
+pub use avro::{read_manifest_list, ManifestFile};
+pub use changelog::{ChangeEvent, Op};
+pub use commit::{
+    committed_watermarks, plan_commit, Commit, CommitIds, ObjectKind, PutObject, Watermark,
+    WriteOptions,
+};
+pub use metadata::{parse_version_hint, TableMetadata};
+pub use table::{validate_name, TablePaths, TableState};
+
+#[cfg(test)]
+mod tests;

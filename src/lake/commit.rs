@@ -1,0 +1,656 @@
+//! Planning one commit: events in, the objects to put and the new table state
+//! out. Deterministic: ids, uuids and the time come from the caller.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use uuid::Uuid;
+
+use super::avro::{write_manifest, write_manifest_list, DataFile, FieldSummary, ManifestFile};
+use super::changelog::{evolve, ChangeEvent, RowLayout, TS};
+use super::metadata::{
+    MetadataLogEntry, PartitionField, PartitionSpec, Snapshot, SnapshotLogEntry, SnapshotRef,
+    SortOrder, TableMetadata,
+};
+use super::parquet::{write_data_files, ParquetSettings};
+use super::stats::{day_of, day_string, hour_of, hour_string};
+use super::table::{TablePaths, TableState};
+use crate::config::{Compression, DoLakeConfig, PartitionBy};
+use crate::error::{Error, ErrorKind, Result};
+
+/// Default bound on the size of one data file.
+pub const DEFAULT_TARGET_FILE_SIZE: usize = 64 * 1024 * 1024;
+/// How many previous metadata files `metadata-log` keeps.
+pub const METADATA_LOG_MAX: usize = 100;
+
+/// Summary key prefix of the per-commit highest sequences of a source.
+pub const SUMMARY_SOURCE_PREFIX: &str = "dolake.source.";
+/// Summary key prefix of the cumulative watermark of a source.
+pub const SUMMARY_WATERMARK_PREFIX: &str = "dolake.watermark.";
+/// Summary key suffix of a batch sequence number.
+pub const SUMMARY_BATCH_SUFFIX: &str = ".batch-seq";
+/// Summary key suffix of an event sequence number.
+pub const SUMMARY_EVENT_SUFFIX: &str = ".event-seq";
+/// Summary key of the number of values put in `_cdc_overflow` by the commit.
+pub const SUMMARY_OVERFLOW: &str = "dolake.overflow-values";
+
+/// How a table is written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteOptions {
+    /// URI prefix of `r2BasePath` in metadata (`s3://bucket/base`, `file:///dir`).
+    pub warehouse_location: String,
+    /// Iceberg namespace.
+    pub namespace: String,
+    /// Table name.
+    pub table: String,
+    /// Parquet codec.
+    pub compression: Compression,
+    /// Most rows per row group.
+    pub row_group_size: usize,
+    /// Partitioning of new files.
+    pub partition_by: PartitionBy,
+    /// Bound on the size of one data file, bytes.
+    pub target_file_size: usize,
+}
+
+impl WriteOptions {
+    /// The options of `config` for table `table`.
+    pub fn from_config(config: &DoLakeConfig, table: &str) -> Self {
+        Self {
+            warehouse_location: config.warehouse_location.clone(),
+            namespace: config.namespace.clone(),
+            table: table.to_string(),
+            compression: config.parquet_compression,
+            row_group_size: usize::try_from(config.parquet_row_group_size).unwrap_or(usize::MAX),
+            partition_by: config.partition_by,
+            target_file_size: DEFAULT_TARGET_FILE_SIZE,
+        }
+    }
+}
+
+/// What the caller supplies so that the commit is deterministic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CommitIds {
+    /// Id of the new snapshot (positive, not used before in the table).
+    pub snapshot_id: i64,
+    /// Makes this commit's file names unique (a retry must use a new one).
+    pub commit_uuid: Uuid,
+    /// Uuid of the table, used only when the table is created.
+    pub table_uuid: Uuid,
+    /// Now, ms since the epoch.
+    pub now_ms: i64,
+}
+
+/// Highest sequence numbers of one source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Watermark {
+    /// Highest `cdc_batch` `sequenceNumber`.
+    pub batch_seq: u64,
+    /// Highest event `sequence`.
+    pub event_seq: u64,
+}
+
+impl Watermark {
+    fn raise(&mut self, other: Watermark) {
+        self.batch_seq = self.batch_seq.max(other.batch_seq);
+        self.event_seq = self.event_seq.max(other.event_seq);
+    }
+}
+
+/// What an object of a commit is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ObjectKind {
+    /// A Parquet data file.
+    Data,
+    /// The Avro manifest.
+    Manifest,
+    /// The Avro manifest list.
+    ManifestList,
+    /// `v{N}.metadata.json`: the commit point. Put it only if absent.
+    Metadata,
+    /// `version-hint.text`, put last.
+    VersionHint,
+}
+
+/// One object to put.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PutObject {
+    /// Key relative to `r2BasePath`.
+    pub key: String,
+    /// Content.
+    pub bytes: Vec<u8>,
+    /// What it is.
+    pub kind: ObjectKind,
+}
+
+/// The plan of one commit.
+///
+/// Put `puts` in order. Every key except `version-hint.text` is new (its name
+/// holds the commit uuid or the new version); put the `Metadata` object only
+/// if no object has its key (R2 `onlyIf`), which makes a concurrent or
+/// repeated commit fail instead of overwriting. The commit has happened once
+/// that put succeeds; `version-hint.text` only helps readers find it.
+#[derive(Debug, Clone)]
+pub struct Commit {
+    /// Objects to put, in order.
+    pub puts: Vec<PutObject>,
+    /// The table after the commit (cache it for the next commit).
+    pub state: TableState,
+    /// Id of the new snapshot.
+    pub snapshot_id: i64,
+    /// Key of the new metadata file.
+    pub metadata_key: String,
+    /// Rows written (one per event).
+    pub rows: u64,
+    /// Data files written.
+    pub data_files: usize,
+    /// Bytes of data files written.
+    pub data_bytes: u64,
+    /// Values put in `_cdc_overflow`, per column name.
+    pub overflow: BTreeMap<String, u64>,
+    /// Columns added to the schema.
+    pub added_columns: Vec<String>,
+    /// Highest sequences per source in this commit.
+    pub sources: BTreeMap<String, Watermark>,
+}
+
+impl Commit {
+    /// Total values put in `_cdc_overflow`.
+    pub fn overflow_total(&self) -> u64 {
+        self.overflow.values().sum()
+    }
+}
+
+/// The cumulative per-source watermarks recorded in the current snapshot:
+/// everything at or below them is committed.
+pub fn committed_watermarks(metadata: &TableMetadata) -> BTreeMap<String, Watermark> {
+    metadata
+        .current_snapshot()
+        .map(|s| summary_watermarks(&s.summary, SUMMARY_WATERMARK_PREFIX))
+        .unwrap_or_default()
+}
+
+fn summary_watermarks(
+    summary: &BTreeMap<String, String>,
+    prefix: &str,
+) -> BTreeMap<String, Watermark> {
+    let mut out: BTreeMap<String, Watermark> = BTreeMap::new();
+    for (k, v) in summary {
+        let Some(rest) = k.strip_prefix(prefix) else {
+            continue;
+        };
+        let Ok(n) = v.parse::<u64>() else { continue };
+        if let Some(source) = rest.strip_suffix(SUMMARY_BATCH_SUFFIX) {
+            out.entry(source.to_string()).or_default().batch_seq = n;
+        } else if let Some(source) = rest.strip_suffix(SUMMARY_EVENT_SUFFIX) {
+            out.entry(source.to_string()).or_default().event_seq = n;
+        }
+    }
+    out
+}
+
+fn lake_error(msg: impl Into<String>) -> Error {
+    Error::new(ErrorKind::Lake, msg)
+}
+
+/// The partition spec for `by`, reusing a matching spec of the table or
+/// adding one. Returns the spec and the new `last-partition-id`.
+fn resolve_spec(
+    base: Option<&TableMetadata>,
+    by: PartitionBy,
+    ts_id: i32,
+) -> (PartitionSpec, bool, i32) {
+    let wanted: Option<(&str, &str)> = match by {
+        PartitionBy::Day => Some(("day", "_cdc_ts_day")),
+        PartitionBy::Hour => Some(("hour", "_cdc_ts_hour")),
+        PartitionBy::None => None,
+    };
+    let matches = |s: &PartitionSpec| match wanted {
+        None => s.fields.is_empty(),
+        Some((t, _)) => {
+            s.fields.len() == 1 && s.fields[0].transform == t && s.fields[0].source_id == ts_id
+        }
+    };
+    let Some(base) = base else {
+        let fields: Vec<PartitionField> = wanted
+            .map(|(t, name)| PartitionField {
+                name: name.to_string(),
+                transform: t.to_string(),
+                source_id: ts_id,
+                field_id: 1000,
+            })
+            .into_iter()
+            .collect();
+        let last = if fields.is_empty() { 999 } else { 1000 };
+        return (PartitionSpec { spec_id: 0, fields }, true, last);
+    };
+    if let Some(spec) = base.partition_specs.iter().find(|s| matches(s)) {
+        return (spec.clone(), false, base.last_partition_id);
+    }
+    let spec_id = base
+        .partition_specs
+        .iter()
+        .map(|s| s.spec_id)
+        .max()
+        .unwrap_or(-1)
+        + 1;
+    let mut last = base.last_partition_id.max(999);
+    let fields = wanted
+        .map(|(t, name)| {
+            let reused = base
+                .partition_specs
+                .iter()
+                .flat_map(|s| &s.fields)
+                .find(|f| f.source_id == ts_id && f.transform == t)
+                .map(|f| f.field_id);
+            let field_id = reused.unwrap_or_else(|| {
+                last += 1;
+                last
+            });
+            PartitionField {
+                name: name.to_string(),
+                transform: t.to_string(),
+                source_id: ts_id,
+                field_id,
+            }
+        })
+        .into_iter()
+        .collect();
+    (PartitionSpec { spec_id, fields }, true, last)
+}
+
+fn codec_name(c: Compression) -> &'static str {
+    match c {
+        Compression::None => "uncompressed",
+        Compression::Snappy => "snappy",
+        Compression::Gzip => "gzip",
+        Compression::Zstd => "zstd",
+    }
+}
+
+fn summary_u64(summary: &BTreeMap<String, String>, key: &str) -> Option<u64> {
+    summary.get(key).and_then(|v| v.parse().ok())
+}
+
+/// Plans the commit of `events` (all of one table) onto `current` (`None`
+/// creates the table). Writes nothing: returns the objects to put.
+pub fn plan_commit(
+    events: &[ChangeEvent],
+    current: Option<&TableState>,
+    options: &WriteOptions,
+    ids: &CommitIds,
+) -> Result<Commit> {
+    let paths = TablePaths::new(&options.namespace, &options.table)?;
+    if events.is_empty() {
+        return Err(Error::internal("a commit needs at least one event"));
+    }
+    if ids.snapshot_id <= 0 {
+        return Err(Error::internal("snapshot ids must be positive"));
+    }
+    let base = current.map(|c| &c.metadata);
+    if let Some(b) = base {
+        if b.snapshot(ids.snapshot_id).is_some() {
+            return Err(Error::internal(format!(
+                "snapshot id {} is already used in the table",
+                ids.snapshot_id
+            )));
+        }
+        if let Some(s) = b.current_snapshot() {
+            if let Some(total) = summary_u64(&s.summary, "total-records") {
+                let listed: i64 = current
+                    .map(|c| &c.manifests)
+                    .into_iter()
+                    .flatten()
+                    .map(|m| m.added_rows_count + m.existing_rows_count)
+                    .sum();
+                if listed != total as i64 {
+                    return Err(lake_error(format!(
+                        "the manifest list given holds {listed} rows but snapshot {} has {total}; it is not the current snapshot's",
+                        s.snapshot_id
+                    )));
+                }
+            }
+        }
+    }
+    let location = match base {
+        Some(b) => b.location.trim_end_matches('/').to_string(),
+        None => format!(
+            "{}/{}",
+            options.warehouse_location.trim_end_matches('/'),
+            paths.prefix()
+        ),
+    };
+    let key_of = |loc: &str| -> Result<String> {
+        paths
+            .key_for_location(&location, loc)
+            .ok_or_else(|| Error::internal(format!("{loc} is outside the table")))
+    };
+
+    // Schema.
+    let next_schema_id = base
+        .map(|b| b.schemas.iter().map(|s| s.schema_id).max().unwrap_or(0) + 1)
+        .unwrap_or(0);
+    let evolution = evolve(
+        base.and_then(TableMetadata::current_schema),
+        base.map(|b| b.last_column_id).unwrap_or(0),
+        next_schema_id,
+        events,
+    );
+    let schema = &evolution.schema;
+    let layout = RowLayout::new(schema)?;
+    let ts_id = schema.fields[layout.ts_index()].id;
+
+    // Partitioning: group the events by partition value, in event order.
+    let (spec, spec_is_new, last_partition_id) = resolve_spec(base, options.partition_by, ts_id);
+    let transform = spec.fields.first().map(|f| f.transform.clone());
+    let mut groups: BTreeMap<Option<i32>, Vec<&ChangeEvent>> = BTreeMap::new();
+    let mut sources: BTreeMap<String, Watermark> = BTreeMap::new();
+    for e in events {
+        let micros = e.timestamp_micros()?;
+        let key = match transform.as_deref() {
+            Some("day") => Some(day_of(micros)),
+            Some("hour") => Some(hour_of(micros)),
+            _ => None,
+        };
+        groups.entry(key).or_default().push(e);
+        sources
+            .entry(e.source_id.clone())
+            .or_default()
+            .raise(Watermark {
+                batch_seq: e.batch_seq,
+                event_seq: e.sequence,
+            });
+    }
+
+    // Data files.
+    let settings = ParquetSettings {
+        compression: options.compression,
+        row_group_size: options.row_group_size,
+        target_file_size: options.target_file_size,
+    };
+    let mut overflow = BTreeMap::new();
+    let mut puts = Vec::new();
+    let mut data_files = Vec::new();
+    let mut data_bytes = 0_u64;
+    for (value, group) in &groups {
+        let dir = match (transform.as_deref(), value) {
+            (Some("day"), Some(d)) => format!("data/_cdc_ts_day={}", day_string(*d)),
+            (Some("hour"), Some(h)) => format!("data/_cdc_ts_hour={}", hour_string(*h)),
+            _ => "data".to_string(),
+        };
+        for file in write_data_files(schema, &layout, group, &settings, &mut overflow)? {
+            let n = data_files.len();
+            let file_path = format!("{location}/{dir}/{}-{n:05}.parquet", ids.commit_uuid);
+            let mut df = DataFile {
+                file_path: file_path.clone(),
+                partition: if transform.is_some() {
+                    vec![*value]
+                } else {
+                    vec![]
+                },
+                record_count: file.record_count as i64,
+                file_size_in_bytes: file.bytes.len() as i64,
+                column_sizes: file.column_sizes,
+                value_counts: BTreeMap::new(),
+                null_value_counts: BTreeMap::new(),
+                nan_value_counts: BTreeMap::new(),
+                lower_bounds: BTreeMap::new(),
+                upper_bounds: BTreeMap::new(),
+            };
+            for (field, st) in schema.fields.iter().zip(&file.stats) {
+                if st.values == 0 {
+                    continue; // not written (unsupported type)
+                }
+                df.value_counts.insert(field.id, st.values as i64);
+                df.null_value_counts.insert(field.id, st.nulls as i64);
+                if field.field_type == super::metadata::FieldType::Double {
+                    df.nan_value_counts.insert(field.id, st.nans as i64);
+                }
+                if let Some(b) = st.lower_bound() {
+                    df.lower_bounds.insert(field.id, b);
+                }
+                if let Some(b) = st.upper_bound() {
+                    df.upper_bounds.insert(field.id, b);
+                }
+            }
+            data_bytes += file.bytes.len() as u64;
+            puts.push(PutObject {
+                key: key_of(&file_path)?,
+                bytes: file.bytes,
+                kind: ObjectKind::Data,
+            });
+            data_files.push(df);
+        }
+    }
+
+    // Manifest and manifest list.
+    let sequence_number = base.map(|b| b.last_sequence_number).unwrap_or(0) + 1;
+    let sync = *ids.commit_uuid.as_bytes();
+    let manifest_path = format!("{location}/metadata/{}-m0.avro", ids.commit_uuid);
+    let manifest = write_manifest(schema, &spec, ids.snapshot_id, &data_files, sync)?;
+    let added_rows: i64 = data_files.iter().map(|f| f.record_count).sum();
+    let partitions = spec
+        .fields
+        .iter()
+        .enumerate()
+        .map(|(i, _)| {
+            let values: Vec<Option<i32>> = data_files.iter().map(|f| f.partition[i]).collect();
+            let present = values.iter().flatten();
+            FieldSummary {
+                contains_null: values.iter().any(Option::is_none),
+                contains_nan: Some(false),
+                lower_bound: present.clone().min().map(|v| v.to_le_bytes().to_vec()),
+                upper_bound: present.max().map(|v| v.to_le_bytes().to_vec()),
+            }
+        })
+        .collect();
+    let new_manifest = ManifestFile {
+        manifest_path: manifest_path.clone(),
+        manifest_length: manifest.len() as i64,
+        partition_spec_id: spec.spec_id,
+        content: 0,
+        sequence_number,
+        min_sequence_number: sequence_number,
+        added_snapshot_id: ids.snapshot_id,
+        added_files_count: i32::try_from(data_files.len())
+            .map_err(|_| Error::internal("too many data files in one commit"))?,
+        existing_files_count: 0,
+        deleted_files_count: 0,
+        added_rows_count: added_rows,
+        existing_rows_count: 0,
+        deleted_rows_count: 0,
+        partitions: Some(partitions),
+        key_metadata: None,
+    };
+    puts.push(PutObject {
+        key: key_of(&manifest_path)?,
+        bytes: manifest,
+        kind: ObjectKind::Manifest,
+    });
+    let mut manifests = vec![new_manifest];
+    manifests.extend(
+        current
+            .map(|c| c.manifests.iter().cloned())
+            .into_iter()
+            .flatten(),
+    );
+    let parent = base.and_then(|b| b.current_snapshot_id);
+    let list_path = format!(
+        "{location}/metadata/snap-{}-1-{}.avro",
+        ids.snapshot_id, ids.commit_uuid
+    );
+    let list = write_manifest_list(ids.snapshot_id, parent, sequence_number, &manifests, sync)?;
+    puts.push(PutObject {
+        key: key_of(&list_path)?,
+        bytes: list,
+        kind: ObjectKind::ManifestList,
+    });
+
+    // Snapshot summary.
+    let prev_summary = base
+        .and_then(TableMetadata::current_snapshot)
+        .map(|s| s.summary.clone())
+        .unwrap_or_default();
+    let prev = |k: &str| summary_u64(&prev_summary, k).unwrap_or(0);
+    let mut summary = BTreeMap::new();
+    let mut put = |k: &str, v: u64| {
+        summary.insert(k.to_string(), v.to_string());
+    };
+    let changed: BTreeSet<_> = data_files.iter().map(|f| f.partition.clone()).collect();
+    put("added-data-files", data_files.len() as u64);
+    put("added-records", added_rows as u64);
+    put("added-files-size", data_bytes);
+    put("changed-partition-count", changed.len() as u64);
+    put("total-records", prev("total-records") + added_rows as u64);
+    put(
+        "total-data-files",
+        prev("total-data-files") + data_files.len() as u64,
+    );
+    put("total-files-size", prev("total-files-size") + data_bytes);
+    put("total-delete-files", prev("total-delete-files"));
+    put("total-position-deletes", prev("total-position-deletes"));
+    put("total-equality-deletes", prev("total-equality-deletes"));
+    let overflow_total: u64 = overflow.values().sum();
+    put(SUMMARY_OVERFLOW, overflow_total);
+    let mut cumulative = summary_watermarks(&prev_summary, SUMMARY_WATERMARK_PREFIX);
+    for (source, w) in &sources {
+        put(
+            &format!("{SUMMARY_SOURCE_PREFIX}{source}{SUMMARY_BATCH_SUFFIX}"),
+            w.batch_seq,
+        );
+        put(
+            &format!("{SUMMARY_SOURCE_PREFIX}{source}{SUMMARY_EVENT_SUFFIX}"),
+            w.event_seq,
+        );
+        cumulative.entry(source.clone()).or_default().raise(*w);
+    }
+    for (source, w) in &cumulative {
+        put(
+            &format!("{SUMMARY_WATERMARK_PREFIX}{source}{SUMMARY_BATCH_SUFFIX}"),
+            w.batch_seq,
+        );
+        put(
+            &format!("{SUMMARY_WATERMARK_PREFIX}{source}{SUMMARY_EVENT_SUFFIX}"),
+            w.event_seq,
+        );
+    }
+    summary.insert("operation".to_string(), "append".to_string());
+
+    // Metadata.
+    let timestamp_ms = ids
+        .now_ms
+        .max(base.map(|b| b.last_updated_ms).unwrap_or(i64::MIN));
+    let version = current.map(|c| c.version).unwrap_or(0) + 1;
+    let mut metadata = match base {
+        Some(b) => b.clone(),
+        None => TableMetadata {
+            format_version: 2,
+            table_uuid: ids.table_uuid.to_string(),
+            location: location.clone(),
+            last_sequence_number: 0,
+            last_updated_ms: timestamp_ms,
+            last_column_id: 0,
+            schemas: Vec::new(),
+            current_schema_id: 0,
+            partition_specs: Vec::new(),
+            default_spec_id: 0,
+            last_partition_id: 0,
+            properties: BTreeMap::from([
+                ("write.format.default".to_string(), "parquet".to_string()),
+                (
+                    "dolake.table-layout".to_string(),
+                    "changelog-v1".to_string(),
+                ),
+            ]),
+            current_snapshot_id: None,
+            snapshots: Vec::new(),
+            snapshot_log: Vec::new(),
+            metadata_log: Vec::new(),
+            sort_orders: vec![SortOrder {
+                order_id: 0,
+                fields: Vec::new(),
+            }],
+            default_sort_order_id: 0,
+            refs: BTreeMap::new(),
+            extra: BTreeMap::new(),
+        },
+    };
+    if let (Some(b), Some(c)) = (base, current) {
+        metadata.metadata_log.push(MetadataLogEntry {
+            timestamp_ms: b.last_updated_ms,
+            metadata_file: format!("{location}/metadata/v{}.metadata.json", c.version),
+        });
+        let excess = metadata.metadata_log.len().saturating_sub(METADATA_LOG_MAX);
+        metadata.metadata_log.drain(..excess);
+    }
+    if !metadata
+        .schemas
+        .iter()
+        .any(|s| s.schema_id == schema.schema_id)
+    {
+        metadata.schemas.push(schema.clone());
+    }
+    metadata.current_schema_id = schema.schema_id;
+    metadata.last_column_id = evolution.last_column_id;
+    if spec_is_new {
+        metadata.partition_specs.push(spec.clone());
+    }
+    metadata.default_spec_id = spec.spec_id;
+    metadata.last_partition_id = last_partition_id;
+    metadata.properties.insert(
+        "write.parquet.compression-codec".to_string(),
+        codec_name(options.compression).to_string(),
+    );
+    metadata.last_sequence_number = sequence_number;
+    metadata.last_updated_ms = timestamp_ms;
+    metadata.snapshots.push(Snapshot {
+        snapshot_id: ids.snapshot_id,
+        parent_snapshot_id: parent,
+        sequence_number,
+        timestamp_ms,
+        manifest_list: list_path,
+        summary,
+        schema_id: Some(schema.schema_id),
+        extra: BTreeMap::new(),
+    });
+    metadata.current_snapshot_id = Some(ids.snapshot_id);
+    metadata.snapshot_log.push(SnapshotLogEntry {
+        timestamp_ms,
+        snapshot_id: ids.snapshot_id,
+    });
+    metadata.refs.insert(
+        "main".to_string(),
+        SnapshotRef {
+            snapshot_id: ids.snapshot_id,
+            kind: "branch".to_string(),
+            extra: BTreeMap::new(),
+        },
+    );
+    let metadata_key = paths.metadata_key(version);
+    puts.push(PutObject {
+        key: metadata_key.clone(),
+        bytes: metadata.to_json(),
+        kind: ObjectKind::Metadata,
+    });
+    puts.push(PutObject {
+        key: paths.version_hint_key(),
+        bytes: version.to_string().into_bytes(),
+        kind: ObjectKind::VersionHint,
+    });
+    debug_assert!(schema.field_by_name(TS).is_some());
+    Ok(Commit {
+        puts,
+        state: TableState {
+            version,
+            metadata,
+            manifests,
+        },
+        snapshot_id: ids.snapshot_id,
+        metadata_key,
+        rows: added_rows as u64,
+        data_files: data_files.len(),
+        data_bytes,
+        overflow,
+        added_columns: evolution.added,
+        sources,
+    })
+}
