@@ -235,7 +235,9 @@ impl DoLakeConfig {
         let d = Self::default();
         let r2_bucket_name = raw.r2_bucket_name.unwrap_or(d.r2_bucket_name);
         if r2_bucket_name.trim().is_empty() {
-            return Err(config_error("DOLAKE_CONFIG key `r2BucketName` must not be empty"));
+            return Err(config_error(
+                "DOLAKE_CONFIG key `r2BucketName` must not be empty",
+            ));
         }
         let r2_base_path = raw.r2_base_path.unwrap_or(d.r2_base_path);
         if r2_base_path.split('/').any(|s| s == ".." || s == ".") {
@@ -272,7 +274,8 @@ impl DoLakeConfig {
         let rate_limit = RateLimitConfig {
             connections_per_second: positive(
                 "rateLimit.connectionsPerSecond",
-                rl.connections_per_second.unwrap_or(drl.connections_per_second),
+                rl.connections_per_second
+                    .unwrap_or(drl.connections_per_second),
             )?,
             messages_per_second: positive(
                 "rateLimit.messagesPerSecond",
@@ -288,11 +291,13 @@ impl DoLakeConfig {
             )?,
             max_connections_per_ip: positive(
                 "rateLimit.maxConnectionsPerIp",
-                rl.max_connections_per_ip.unwrap_or(drl.max_connections_per_ip),
+                rl.max_connections_per_ip
+                    .unwrap_or(drl.max_connections_per_ip),
             )?,
             max_events_per_message: positive(
                 "rateLimit.maxEventsPerMessage",
-                rl.max_events_per_message.unwrap_or(drl.max_events_per_message),
+                rl.max_events_per_message
+                    .unwrap_or(drl.max_events_per_message),
             )?,
             max_event_size: positive(
                 "rateLimit.maxEventSize",
@@ -317,7 +322,8 @@ impl DoLakeConfig {
             r2_base_path,
             flush_threshold_events: positive(
                 "flushThresholdEvents",
-                raw.flush_threshold_events.unwrap_or(d.flush_threshold_events),
+                raw.flush_threshold_events
+                    .unwrap_or(d.flush_threshold_events),
             )?,
             flush_threshold_bytes: positive(
                 "flushThresholdBytes",
@@ -343,11 +349,13 @@ impl DoLakeConfig {
             enable_deduplication: raw.enable_deduplication.unwrap_or(d.enable_deduplication),
             deduplication_window_ms: positive(
                 "deduplicationWindowMs",
-                raw.deduplication_window_ms.unwrap_or(d.deduplication_window_ms),
+                raw.deduplication_window_ms
+                    .unwrap_or(d.deduplication_window_ms),
             )?,
             parquet_row_group_size: positive(
                 "parquetRowGroupSize",
-                raw.parquet_row_group_size.unwrap_or(d.parquet_row_group_size),
+                raw.parquet_row_group_size
+                    .unwrap_or(d.parquet_row_group_size),
             )?,
             parquet_compression: raw.parquet_compression.unwrap_or(d.parquet_compression),
             partition_by: raw.partition_by.unwrap_or(d.partition_by),

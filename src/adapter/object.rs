@@ -1,0 +1,570 @@
+//! The `DoLake` Durable Object: hibernatable WebSockets in, durable buffer out.
+
+use std::cell::RefCell;
+
+use serde::{Deserialize, Serialize};
+use worker::worker_sys::WebSocketRequestResponsePair;
+use worker::{
+    console_error, console_log, console_warn, durable_object, DurableObject, Env, Method, Request,
+    Response, Result, State, WebSocket, WebSocketIncomingMessage, WebSocketPair,
+};
+
+use super::json_response;
+use super::store::Store;
+use crate::config::DoLakeConfig;
+use crate::error::{Error, ErrorKind};
+use crate::intake::{self, Admission, Intake};
+use crate::protocol::{
+    decode_client_message, sniff_sequence_number, ClientMessage, FlushResponseMessage, FlushResult,
+    PongMessage, ServerMessage,
+};
+
+/// What the object knows about one connection; kept in the socket's
+/// attachment so that it survives hibernation.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+struct Connection {
+    source_id: Option<String>,
+    shard_name: Option<String>,
+    client_id: Option<String>,
+    ip: Option<String>,
+    priority: Option<String>,
+    connected_at: i64,
+    messages: u64,
+    acks: u64,
+    nacks: u64,
+    last_message_at: Option<i64>,
+}
+
+/// The object's core, or why it could not start.
+enum Core {
+    Ready(Box<Intake>),
+    Failed(Error),
+}
+
+/// The DoLake Durable Object.
+#[durable_object]
+pub struct DoLake {
+    state: State,
+    store: Option<Store>,
+    core: RefCell<Core>,
+    constructions: u64,
+    constructed_at: i64,
+}
+
+fn now_ms() -> i64 {
+    worker::Date::now().as_millis() as i64
+}
+
+fn log(level: &str, event: &str, fields: serde_json::Value) {
+    let mut line = serde_json::json!({"level": level, "event": event, "time": now_ms()});
+    if let (Some(line), serde_json::Value::Object(fields)) = (line.as_object_mut(), fields) {
+        line.extend(fields);
+    }
+    match level {
+        "error" => console_error!("{line}"),
+        "warn" => console_warn!("{line}"),
+        _ => console_log!("{line}"),
+    }
+}
+
+impl DurableObject for DoLake {
+    fn new(state: State, env: Env) -> Self {
+        console_error_panic_hook::set_once();
+        let constructed_at = now_ms();
+        // `ping` is answered by the runtime itself, even while hibernated.
+        if let Ok(pair) = WebSocketRequestResponsePair::new("ping", "pong") {
+            state.set_websocket_auto_response(&pair);
+        }
+        let config_text = env.var("DOLAKE_CONFIG").ok().map(|v| v.to_string());
+        let store = Store::open(state.storage());
+        let (store, core, constructions) = match store {
+            Err(e) => (None, Core::Failed(e), 0),
+            Ok(store) => {
+                let constructions = store.count_construction().unwrap_or(0);
+                let core = DoLakeConfig::parse(config_text.as_deref()).and_then(|config| {
+                    let sources = store.load_sources()?;
+                    let totals = store.load_totals()?;
+                    Ok(Intake::new(config, sources, totals))
+                });
+                let core = match core {
+                    Ok(intake) => Core::Ready(Box::new(intake)),
+                    Err(e) => Core::Failed(e),
+                };
+                (Some(store), core, constructions)
+            }
+        };
+        match &core {
+            Core::Ready(intake) => log(
+                "info",
+                "started",
+                serde_json::json!({
+                    "constructions": constructions,
+                    "bufferedEvents": intake.buffer().events,
+                    "bufferedBatches": intake.buffer().batches,
+                }),
+            ),
+            Core::Failed(e) => log(
+                "error",
+                "start_failed",
+                serde_json::json!({"error": e.message(), "kind": e.kind().as_str()}),
+            ),
+        }
+        Self {
+            state,
+            store,
+            core: RefCell::new(core),
+            constructions,
+            constructed_at,
+        }
+    }
+
+    async fn fetch(&self, req: Request) -> Result<Response> {
+        let url = req.url()?;
+        let path = url.path().to_string();
+        let route = path.strip_prefix("/lakehouse").unwrap_or(&path);
+        let route = if route.is_empty() { "/" } else { route };
+        let upgrade = req
+            .headers()
+            .get("Upgrade")?
+            .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+        match (route, req.method()) {
+            ("/ws", _) if upgrade => self.accept(&req),
+            ("/ws", _) => error_response(&Error::invalid(
+                "/ws expects a WebSocket upgrade (header `Upgrade: websocket`)",
+            )),
+            ("/status", Method::Get) => self.status(),
+            ("/health", Method::Get) => self.health(),
+            ("/flush", Method::Post) => self.flush_http(),
+            ("/status" | "/health", _) => error_response(&Error::new(
+                ErrorKind::MethodNotAllowed,
+                format!("{path} answers GET only"),
+            )),
+            ("/flush", _) => error_response(&Error::new(
+                ErrorKind::MethodNotAllowed,
+                format!("{path} answers POST only"),
+            )),
+            _ => error_response(&Error::new(
+                ErrorKind::NotFound,
+                format!("no route for {path}"),
+            )),
+        }
+    }
+
+    async fn websocket_message(
+        &self,
+        ws: WebSocket,
+        message: WebSocketIncomingMessage,
+    ) -> Result<()> {
+        let now = now_ms();
+        let mut conn = ws
+            .deserialize_attachment::<Connection>()
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| Connection {
+                connected_at: now,
+                ..Connection::default()
+            });
+        conn.messages += 1;
+        conn.last_message_at = Some(now);
+        let (reply, close) = match message {
+            WebSocketIncomingMessage::String(text) => self.handle_text(now, &mut conn, &text),
+            WebSocketIncomingMessage::Binary(bytes) => {
+                let error = Error::invalid(format!(
+                    "binary frames are not supported ({} bytes received); send JSON text frames",
+                    bytes.len()
+                ));
+                (Some(self.refuse(now, &conn, None, None, &error)), false)
+            }
+        };
+        if let Some(reply) = reply {
+            match &reply {
+                ServerMessage::Ack(_) => conn.acks += 1,
+                ServerMessage::Nack(_) => conn.nacks += 1,
+                _ => {}
+            }
+            if let Err(e) = ws.send_with_str(reply.to_json()) {
+                log(
+                    "warn",
+                    "send_failed",
+                    serde_json::json!({"error": e.to_string()}),
+                );
+            }
+        }
+        if let Err(e) = ws.serialize_attachment(&conn) {
+            log(
+                "warn",
+                "attachment_failed",
+                serde_json::json!({"error": e.to_string()}),
+            );
+        }
+        if close {
+            ws.close(Some(1000), Some("disconnect"))?;
+        }
+        Ok(())
+    }
+
+    async fn websocket_close(
+        &self,
+        ws: WebSocket,
+        code: usize,
+        reason: String,
+        _was_clean: bool,
+    ) -> Result<()> {
+        let conn = ws.deserialize_attachment::<Connection>().ok().flatten();
+        log(
+            "info",
+            "disconnected",
+            serde_json::json!({
+                "sourceDoId": conn.as_ref().and_then(|c| c.source_id.clone()),
+                "code": code,
+                "reason": reason,
+            }),
+        );
+        // Completes the closing handshake; fails harmlessly if already closed.
+        let _ = ws.close(Some(1000), Some("closing"));
+        Ok(())
+    }
+
+    async fn websocket_error(&self, _ws: WebSocket, error: worker::Error) -> Result<()> {
+        log(
+            "warn",
+            "socket_error",
+            serde_json::json!({"error": error.to_string()}),
+        );
+        Ok(())
+    }
+}
+
+fn error_response(error: &Error) -> Result<Response> {
+    json_response(&error.to_json(), error.kind().http_status())
+}
+
+impl DoLake {
+    fn accept(&self, req: &Request) -> Result<Response> {
+        if let Core::Failed(e) = &*self.core.borrow() {
+            let e = Error::new(
+                e.kind(),
+                format!("DoLake is not accepting connections: {}", e.message()),
+            );
+            return json_response(&e.to_json(), 503);
+        }
+        let header = |name: &str| req.headers().get(name).ok().flatten();
+        let pair = WebSocketPair::new()?;
+        let conn = Connection {
+            client_id: header("X-Client-ID"),
+            shard_name: header("X-Shard-Name"),
+            ip: header("CF-Connecting-IP"),
+            priority: header("X-Priority"),
+            connected_at: now_ms(),
+            ..Connection::default()
+        };
+        self.state.accept_web_socket(&pair.server);
+        pair.server.serialize_attachment(&conn)?;
+        log(
+            "info",
+            "connected",
+            serde_json::json!({"clientId": conn.client_id, "shardName": conn.shard_name}),
+        );
+        Response::from_websocket(pair.client)
+    }
+
+    /// Handles one text frame; returns the reply and whether to close.
+    fn handle_text(
+        &self,
+        now: i64,
+        conn: &mut Connection,
+        text: &str,
+    ) -> (Option<ServerMessage>, bool) {
+        if text == "ping" {
+            // Normally answered by the auto-response; kept for completeness.
+            return (None, false);
+        }
+        let max_payload = match &*self.core.borrow() {
+            Core::Ready(intake) => intake.config().rate_limit.max_payload_size,
+            Core::Failed(e) => {
+                let e = Error::internal(format!("DoLake failed to start: {}", e.message()));
+                return (
+                    Some(intake::nack(
+                        now,
+                        &e,
+                        sniff_sequence_number(text),
+                        None,
+                        None,
+                    )),
+                    false,
+                );
+            }
+        };
+        if text.len() as u64 > max_payload {
+            let error = Error::new(
+                ErrorKind::PayloadTooLarge,
+                format!(
+                    "message is {} bytes; at most {max_payload} are allowed (rateLimit.maxPayloadSize)",
+                    text.len()
+                ),
+            );
+            let nack = intake::nack(
+                now,
+                &error,
+                sniff_sequence_number(text),
+                None,
+                Some(max_payload),
+            );
+            return (Some(nack), false);
+        }
+        let message = match decode_client_message(text) {
+            Ok(m) => m,
+            Err(e) => {
+                let error = Error::invalid(e.message);
+                let reply = self.refuse(now, conn, e.sequence_number, e.correlation_id, &error);
+                return (Some(reply), false);
+            }
+        };
+        match message {
+            ClientMessage::Connect(m) => {
+                conn.source_id = Some(m.source_do_id.clone());
+                if m.source_shard_name.is_some() {
+                    conn.shard_name = m.source_shard_name.clone();
+                }
+                let reply = self.with_intake(|intake, store| {
+                    let source = intake.note_contact(
+                        now,
+                        &m.source_do_id,
+                        m.source_shard_name
+                            .as_deref()
+                            .or(conn.shard_name.as_deref()),
+                        m.last_ack_sequence,
+                    );
+                    if let Err(e) = store.save_source(source) {
+                        log(
+                            "warn",
+                            "source_save_failed",
+                            serde_json::json!({"error": e.message()}),
+                        );
+                    }
+                    intake.status_message(now, 0, m.correlation_id.clone())
+                });
+                let reply = reply.map(|mut status| {
+                    if let ServerMessage::Status(s) = &mut status {
+                        s.connected_sources = self.connected_sources(Some(&m.source_do_id));
+                    }
+                    status
+                });
+                log(
+                    "info",
+                    "source_connected",
+                    serde_json::json!({"sourceDoId": m.source_do_id, "shardName": conn.shard_name}),
+                );
+                (reply, false)
+            }
+            ClientMessage::CdcBatch(batch) => {
+                if conn.source_id.is_none() {
+                    conn.source_id = Some(batch.source_do_id.clone());
+                }
+                (self.handle_batch(now, batch), false)
+            }
+            ClientMessage::Heartbeat(h) => {
+                if let Some(source) = h.source_do_id.as_deref().or(conn.source_id.as_deref()) {
+                    let _ = self.with_intake(|intake, _| {
+                        intake.note_contact(now, source, None, h.last_ack_sequence);
+                    });
+                }
+                let pong = ServerMessage::Pong(PongMessage {
+                    timestamp: h.timestamp,
+                    correlation_id: h.correlation_id,
+                    server_time: now,
+                });
+                (Some(pong), false)
+            }
+            ClientMessage::FlushRequest(f) => {
+                let result = self.flush_result();
+                let reply = ServerMessage::FlushResponse(FlushResponseMessage {
+                    timestamp: now,
+                    correlation_id: f.correlation_id,
+                    result,
+                });
+                (Some(reply), false)
+            }
+            ClientMessage::Disconnect(_) => (None, true),
+        }
+    }
+
+    fn handle_batch(
+        &self,
+        now: i64,
+        batch: crate::protocol::CdcBatchMessage,
+    ) -> Option<ServerMessage> {
+        let source_id = batch.source_do_id.clone();
+        let sequence = batch.sequence_number;
+        let correlation = batch.correlation_id.clone();
+        let mut core = self.core.borrow_mut();
+        let Core::Ready(intake) = &mut *core else {
+            return None;
+        };
+        let Some(store) = &self.store else {
+            return None;
+        };
+        let reply = match intake.admit(now, batch) {
+            Admission::Reply(reply) => reply,
+            Admission::Store(plan) => match store.write_plan(&plan) {
+                Ok(()) => intake.commit(now, *plan),
+                Err(e) => {
+                    log(
+                        "error",
+                        "store_failed",
+                        serde_json::json!({"sourceDoId": source_id, "sequenceNumber": sequence, "error": e.message()}),
+                    );
+                    intake.refuse(now, Some(&source_id), Some(sequence), correlation, &e)
+                }
+            },
+        };
+        if let ServerMessage::Nack(n) = &reply {
+            log(
+                "warn",
+                "batch_refused",
+                serde_json::json!({"sourceDoId": source_id, "sequenceNumber": sequence, "reason": n.reason, "error": n.error_message}),
+            );
+        }
+        Some(reply)
+    }
+
+    fn refuse(
+        &self,
+        now: i64,
+        conn: &Connection,
+        sequence_number: Option<u64>,
+        correlation_id: Option<String>,
+        error: &Error,
+    ) -> ServerMessage {
+        log(
+            "warn",
+            "message_refused",
+            serde_json::json!({"sourceDoId": conn.source_id, "sequenceNumber": sequence_number, "error": error.message()}),
+        );
+        match &mut *self.core.borrow_mut() {
+            Core::Ready(intake) => intake.refuse(
+                now,
+                conn.source_id.as_deref(),
+                sequence_number,
+                correlation_id,
+                error,
+            ),
+            Core::Failed(_) => intake::nack(now, error, sequence_number, correlation_id, None),
+        }
+    }
+
+    /// Runs `f` on the intake and the store, if the object started.
+    fn with_intake<T>(&self, f: impl FnOnce(&mut Intake, &Store) -> T) -> Option<T> {
+        let mut core = self.core.borrow_mut();
+        match (&mut *core, &self.store) {
+            (Core::Ready(intake), Some(store)) => Some(f(intake, store)),
+            _ => None,
+        }
+    }
+
+    /// Distinct sources with an open socket (plus `extra`, a source whose
+    /// attachment is being updated right now).
+    fn connected_sources(&self, extra: Option<&str>) -> u64 {
+        let mut ids: Vec<String> = self
+            .state
+            .get_websockets()
+            .iter()
+            .filter_map(|ws| ws.deserialize_attachment::<Connection>().ok().flatten())
+            .filter_map(|c| c.source_id)
+            .collect();
+        ids.extend(extra.map(str::to_string));
+        ids.sort();
+        ids.dedup();
+        ids.len() as u64
+    }
+
+    /// Flushing to the lake is not part of this version: say so, and say what
+    /// stays buffered.
+    fn flush_result(&self) -> FlushResult {
+        let (batches, events) = match &*self.core.borrow() {
+            Core::Ready(intake) => (intake.buffer().batches, intake.buffer().events),
+            Core::Failed(_) => (0, 0),
+        };
+        FlushResult {
+            success: batches == 0,
+            error: (batches > 0).then(|| {
+                format!(
+                    "flushing to the lake is not implemented yet; {events} events in {batches} batches stay durably buffered"
+                )
+            }),
+            ..FlushResult::default()
+        }
+    }
+
+    fn flush_http(&self) -> Result<Response> {
+        let result = self.flush_result();
+        let status = if result.success { 200 } else { 501 };
+        json_response(&serde_json::to_value(&result)?, status)
+    }
+
+    fn health(&self) -> Result<Response> {
+        match &*self.core.borrow() {
+            Core::Ready(_) => json_response(&serde_json::json!({"status": "ok"}), 200),
+            Core::Failed(e) => json_response(
+                &serde_json::json!({"status": "error", "error": e.message(), "kind": e.kind().as_str()}),
+                503,
+            ),
+        }
+    }
+
+    fn status(&self) -> Result<Response> {
+        let now = now_ms();
+        let connected = self.connected_sources(None);
+        let sockets = self.state.get_websockets();
+        let connections: Vec<Connection> = sockets
+            .iter()
+            .filter_map(|ws| ws.deserialize_attachment::<Connection>().ok().flatten())
+            .collect();
+        let open_ids: Vec<&str> = connections
+            .iter()
+            .filter_map(|c| c.source_id.as_deref())
+            .collect();
+        let instance = serde_json::json!({
+            "constructions": self.constructions,
+            "constructedAt": self.constructed_at,
+            "storageBytes": self.store.as_ref().map(Store::database_size),
+            "openSockets": sockets.len(),
+        });
+        let mut core = self.core.borrow_mut();
+        let body = match &mut *core {
+            Core::Ready(intake) => {
+                let sources: Vec<serde_json::Value> = intake
+                    .sources()
+                    .map(|s| s.report(open_ids.contains(&s.source_id.as_str())))
+                    .collect();
+                serde_json::json!({
+                    "state": intake.state(),
+                    "buffer": intake.buffer_snapshot(),
+                    "connectedSources": connected,
+                    "sourceStates": sources,
+                    "dedupStats": intake.dedup_stats(now),
+                    "connections": connections,
+                    "lastFlushTime": null,
+                    "nextFlushTime": null,
+                    "flushing": {"implemented": false},
+                    "config": intake.config().to_json(),
+                    "instance": instance,
+                })
+            }
+            Core::Failed(e) => serde_json::json!({
+                "state": "error",
+                "error": e.message(),
+                "kind": e.kind().as_str(),
+                "connectedSources": connected,
+                "instance": instance,
+            }),
+        };
+        let status = if matches!(&*core, Core::Failed(_)) {
+            500
+        } else {
+            200
+        };
+        json_response(&body, status)
+    }
+}

@@ -1,0 +1,226 @@
+//! Durable Object storage of the buffer and of source progress (SQLite).
+//!
+//! Tables:
+//! - `meta(key, value)`: counters of the object itself.
+//! - `sources(source_id, state)`: each source's [`SourceState`] as JSON,
+//!   including its dedup watermarks.
+//! - `batches(...)`: one row per stored batch, with its accounting.
+//! - `batch_chunks(batch_id, idx, data)`: the batch's events as JSON text, in
+//!   pieces below the 2 MB row limit of Durable Object SQLite.
+//!
+//! A batch, its chunks and its source's new state are written in one
+//! `transactionSync`: all or nothing.
+
+use serde::Deserialize;
+use worker::js_sys::{Function, Reflect};
+use worker::wasm_bindgen::closure::Closure;
+use worker::wasm_bindgen::{JsCast, JsValue};
+use worker::{SqlStorage, SqlStorageValue, Storage};
+
+use crate::error::{Error, Result};
+use crate::intake::{BufferTotals, SourceState, StorePlan};
+
+/// Largest piece of a batch's JSON in one row.
+const CHUNK_BYTES: usize = 1_000_000;
+
+const SCHEMA: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS sources (source_id TEXT PRIMARY KEY, state TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS batches (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        source_id TEXT NOT NULL,
+        batch_seq TEXT NOT NULL,
+        first_event_seq TEXT NOT NULL,
+        last_event_seq TEXT NOT NULL,
+        event_count INTEGER NOT NULL,
+        size_bytes INTEGER NOT NULL,
+        received_at INTEGER NOT NULL,
+        tables TEXT NOT NULL,
+        chunks INTEGER NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS batch_chunks (
+        batch_id INTEGER NOT NULL,
+        idx INTEGER NOT NULL,
+        data TEXT NOT NULL,
+        PRIMARY KEY (batch_id, idx))",
+];
+
+fn storage_error(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::storage(format!("{what}: {e}"))
+}
+
+/// One SQL statement with its bindings.
+type Statement = (&'static str, Vec<SqlStorageValue>);
+
+/// The SQLite storage of one DoLake object.
+pub struct Store {
+    storage: Storage,
+    sql: SqlStorage,
+}
+
+#[derive(Deserialize)]
+struct StateRow {
+    state: String,
+}
+
+#[derive(Deserialize)]
+struct TotalsRow {
+    batches: i64,
+    events: i64,
+    bytes: i64,
+    oldest: Option<i64>,
+    newest: Option<i64>,
+}
+
+#[derive(Deserialize)]
+struct ValueRow {
+    value: String,
+}
+
+impl Store {
+    /// Opens the storage, creating the tables on first use.
+    pub fn open(storage: Storage) -> Result<Self> {
+        let sql = storage.sql();
+        for statement in SCHEMA {
+            sql.exec(statement, None)
+                .map_err(|e| storage_error("creating tables", e))?;
+        }
+        Ok(Self { storage, sql })
+    }
+
+    /// Counts this construction of the object; returns the count.
+    pub fn count_construction(&self) -> Result<u64> {
+        self.sql
+            .exec(
+                "INSERT INTO meta (key, value) VALUES ('constructions', '1')
+                 ON CONFLICT(key) DO UPDATE SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT)",
+                None,
+            )
+            .map_err(|e| storage_error("counting constructions", e))?;
+        let rows: Vec<ValueRow> = self
+            .sql
+            .exec("SELECT value FROM meta WHERE key = 'constructions'", None)
+            .and_then(|c| c.to_array())
+            .map_err(|e| storage_error("reading constructions", e))?;
+        Ok(rows.first().and_then(|r| r.value.parse().ok()).unwrap_or(1))
+    }
+
+    /// Every known source.
+    pub fn load_sources(&self) -> Result<Vec<SourceState>> {
+        let rows: Vec<StateRow> = self
+            .sql
+            .exec("SELECT state FROM sources", None)
+            .and_then(|c| c.to_array())
+            .map_err(|e| storage_error("reading sources", e))?;
+        rows.iter()
+            .map(|r| {
+                serde_json::from_str(&r.state).map_err(|e| storage_error("decoding a source", e))
+            })
+            .collect()
+    }
+
+    /// The buffer totals, computed from the stored batches.
+    pub fn load_totals(&self) -> Result<BufferTotals> {
+        let rows: Vec<TotalsRow> = self
+            .sql
+            .exec(
+                "SELECT count(*) AS batches, coalesce(sum(event_count), 0) AS events,
+                        coalesce(sum(size_bytes), 0) AS bytes,
+                        min(received_at) AS oldest, max(received_at) AS newest
+                 FROM batches",
+                None,
+            )
+            .and_then(|c| c.to_array())
+            .map_err(|e| storage_error("reading buffer totals", e))?;
+        let row = rows
+            .into_iter()
+            .next()
+            .ok_or_else(|| Error::storage("buffer totals query returned no row"))?;
+        Ok(BufferTotals {
+            batches: row.batches as u64,
+            events: row.events as u64,
+            bytes: row.bytes as u64,
+            oldest_ms: row.oldest,
+            newest_ms: row.newest,
+        })
+    }
+
+    /// Writes a source's state.
+    pub fn save_source(&self, source: &SourceState) -> Result<()> {
+        let statement = source_statement(source)?;
+        self.sql
+            .exec(statement.0, statement.1)
+            .map(|_| ())
+            .map_err(|e| storage_error("writing a source", e))
+    }
+
+    /// Makes a plan durable: the batch, its chunks and the source state, in one
+    /// transaction.
+    pub fn write_plan(&self, plan: &StorePlan) -> Result<()> {
+        let mut statements: Vec<Statement> = vec![source_statement(&plan.source)?];
+        if let Some(record) = &plan.record {
+            let chunks = record.payload_chunks(CHUNK_BYTES);
+            let tables = serde_json::to_string(&record.tables)
+                .map_err(|e| storage_error("encoding tables", e))?;
+            statements.push((
+                "INSERT INTO batches (source_id, batch_seq, first_event_seq, last_event_seq,
+                    event_count, size_bytes, received_at, tables, chunks)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                vec![
+                    record.source_id.as_str().into(),
+                    record.batch_seq.to_string().into(),
+                    record.first_event_seq.to_string().into(),
+                    record.last_event_seq.to_string().into(),
+                    (record.event_count as i64).into(),
+                    (record.size_bytes as i64).into(),
+                    record.received_at.into(),
+                    tables.into(),
+                    (chunks.len() as i64).into(),
+                ],
+            ));
+            for (idx, chunk) in chunks.into_iter().enumerate() {
+                statements.push((
+                    "INSERT INTO batch_chunks (batch_id, idx, data)
+                     VALUES ((SELECT max(id) FROM batches), ?, ?)",
+                    vec![(idx as i64).into(), chunk.into()],
+                ));
+            }
+        }
+        self.transaction(statements)
+    }
+
+    /// Runs statements in `storage.transactionSync`, so they commit together
+    /// or not at all.
+    fn transaction(&self, statements: Vec<Statement>) -> Result<()> {
+        let raw: &JsValue = self.storage.as_raw().as_ref();
+        let function: Function = Reflect::get(raw, &JsValue::from_str("transactionSync"))
+            .ok()
+            .and_then(|f| f.dyn_into().ok())
+            .ok_or_else(|| Error::storage("storage.transactionSync is not available"))?;
+        let sql = self.sql.clone();
+        let body = Closure::once(move || -> std::result::Result<(), JsValue> {
+            for (query, bindings) in statements {
+                sql.exec(query, bindings)
+                    .map_err(|e| JsValue::from_str(&e.to_string()))?;
+            }
+            Ok(())
+        });
+        function
+            .call1(raw, body.as_ref().unchecked_ref())
+            .map(|_| ())
+            .map_err(|e| storage_error("storing the batch", format!("{e:?}")))
+    }
+
+    /// Size of the SQLite database, bytes.
+    pub fn database_size(&self) -> usize {
+        self.sql.database_size()
+    }
+}
+
+fn source_statement(source: &SourceState) -> Result<Statement> {
+    let state = serde_json::to_string(source).map_err(|e| storage_error("encoding a source", e))?;
+    Ok((
+        "INSERT INTO sources (source_id, state) VALUES (?, ?)
+         ON CONFLICT(source_id) DO UPDATE SET state = excluded.state",
+        vec![source.source_id.as_str().into(), state.into()],
+    ))
+}

@@ -1,0 +1,82 @@
+//! What DoLake knows about one source (a DoSQL shard), persisted with every
+//! batch it stores.
+
+use serde::{Deserialize, Serialize};
+
+use super::seqset::SeqSet;
+
+/// Per-source progress and counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct SourceState {
+    /// The shard's Durable Object id (`sourceDoId`).
+    pub source_id: String,
+    /// The shard's name.
+    pub shard_name: Option<String>,
+    /// Batch sequence numbers acked as stored (the batch watermark).
+    pub acked_batches: SeqSet,
+    /// Event sequences stored (the event watermark).
+    pub stored_events: SeqSet,
+    /// Highest batch sequence number received.
+    pub last_received_sequence: Option<u64>,
+    /// Highest batch sequence number acked.
+    pub last_acked_sequence: Option<u64>,
+    /// The `lastAckSequence` the shard reported (connect, heartbeat).
+    pub client_last_ack_sequence: Option<i64>,
+    /// Batches received (including refused and duplicates).
+    pub batches_received: u64,
+    /// Batches acked as newly stored.
+    pub batches_acked: u64,
+    /// Events stored.
+    pub events_acked: u64,
+    /// Bytes stored.
+    pub bytes_acked: u64,
+    /// Resent batches acked as `duplicate`.
+    pub duplicate_batches: u64,
+    /// Events dropped because they were already stored.
+    pub duplicate_events: u64,
+    /// Batches refused with a `nack`.
+    pub batches_nacked: u64,
+    /// First contact, Unix ms.
+    pub first_seen_ms: i64,
+    /// Last contact, Unix ms.
+    pub last_seen_ms: i64,
+    /// Last ack, Unix ms.
+    pub last_ack_ms: Option<i64>,
+}
+
+impl SourceState {
+    /// A source seen for the first time at `now`.
+    pub fn new(source_id: &str, now: i64) -> Self {
+        Self {
+            source_id: source_id.to_string(),
+            first_seen_ms: now,
+            last_seen_ms: now,
+            ..Self::default()
+        }
+    }
+
+    /// The state as reported in `/status` `sourceStates`.
+    pub fn report(&self, connected: bool) -> serde_json::Value {
+        serde_json::json!({
+            "sourceDoId": self.source_id,
+            "shardName": self.shard_name,
+            "connected": connected,
+            "lastReceivedSequence": self.last_received_sequence,
+            "lastAckedSequence": self.last_acked_sequence,
+            "clientLastAckSequence": self.client_last_ack_sequence,
+            "batchesReceived": self.batches_received,
+            "batchesAcked": self.batches_acked,
+            "eventsAcked": self.events_acked,
+            "bytesAcked": self.bytes_acked,
+            "duplicateBatches": self.duplicate_batches,
+            "duplicateEvents": self.duplicate_events,
+            "batchesNacked": self.batches_nacked,
+            "highestEventSequence": self.stored_events.max(),
+            "watermarkRanges": self.acked_batches.range_count() + self.stored_events.range_count(),
+            "firstSeenTime": self.first_seen_ms,
+            "lastSeenTime": self.last_seen_ms,
+            "lastAckTime": self.last_ack_ms,
+        })
+    }
+}

@@ -1,0 +1,502 @@
+//! Messages from a shard to DoLake, and their decoding.
+
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::{Map, Value};
+
+/// Longest accepted table name, in bytes.
+pub const MAX_TABLE_NAME_BYTES: usize = 128;
+
+/// The operation of a change event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Operation {
+    /// A new row (`after` holds it).
+    #[serde(rename = "INSERT")]
+    Insert,
+    /// A changed row (`after` holds the new image, `before` the old one).
+    #[serde(rename = "UPDATE")]
+    Update,
+    /// A removed row (`before` holds it, or only `rowId` is known).
+    #[serde(rename = "DELETE")]
+    Delete,
+}
+
+impl Operation {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Operation::Insert => "INSERT",
+            Operation::Update => "UPDATE",
+            Operation::Delete => "DELETE",
+        }
+    }
+}
+
+/// One change event (the guide's `CDCEvent`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CdcEvent {
+    /// Position of the event in its source's change stream.
+    pub sequence: u64,
+    /// When the change happened, Unix milliseconds.
+    pub timestamp: i64,
+    /// INSERT, UPDATE or DELETE.
+    pub operation: Operation,
+    /// The source table.
+    pub table: String,
+    /// The row's key. Integers are accepted and kept as their decimal text.
+    #[serde(deserialize_with = "row_id")]
+    pub row_id: String,
+    /// The row before the change (UPDATE, DELETE).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before: Option<Map<String, Value>>,
+    /// The row after the change (INSERT, UPDATE).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<Map<String, Value>>,
+    /// Free-form metadata of the source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<Value>,
+}
+
+fn row_id<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    match Value::deserialize(d)? {
+        Value::String(s) => Ok(s),
+        Value::Number(n) if n.is_i64() || n.is_u64() => Ok(n.to_string()),
+        other => Err(serde::de::Error::custom(format!(
+            "expected a string or an integer, got {}",
+            json_kind(&other)
+        ))),
+    }
+}
+
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Capabilities a shard announces in `connect`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Capabilities {
+    /// Whether the shard can speak a binary protocol.
+    #[serde(default)]
+    pub binary_protocol: bool,
+    /// Whether the shard can compress messages.
+    #[serde(default)]
+    pub compression: bool,
+    /// Whether the shard batches events.
+    #[serde(default)]
+    pub batching: bool,
+    /// The shard's largest batch, events.
+    #[serde(default)]
+    pub max_batch_size: Option<u64>,
+    /// The shard's largest message, bytes.
+    #[serde(default)]
+    pub max_message_size: Option<u64>,
+}
+
+/// `connect`: a shard introduces itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConnectMessage {
+    /// Send time, Unix ms.
+    #[serde(default)]
+    pub timestamp: Option<i64>,
+    /// Correlation id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correlation_id: Option<String>,
+    /// The shard's Durable Object id.
+    pub source_do_id: String,
+    /// The shard's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_shard_name: Option<String>,
+    /// The last batch sequence the shard saw acked.
+    #[serde(default)]
+    pub last_ack_sequence: Option<i64>,
+    /// Protocol version (1).
+    #[serde(default)]
+    pub protocol_version: Option<u32>,
+    /// Announced capabilities.
+    #[serde(default)]
+    pub capabilities: Option<Capabilities>,
+}
+
+/// `cdc_batch`: a batch of change events.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CdcBatchMessage {
+    /// Send time, Unix ms.
+    #[serde(default)]
+    pub timestamp: Option<i64>,
+    /// Correlation id, echoed in the reply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correlation_id: Option<String>,
+    /// The shard's Durable Object id.
+    pub source_do_id: String,
+    /// The shard's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_shard_name: Option<String>,
+    /// The events, in order.
+    pub events: Vec<CdcEvent>,
+    /// The batch's sequence number in its source.
+    pub sequence_number: u64,
+    /// `events[0].sequence` as the shard saw it.
+    #[serde(default)]
+    pub first_event_sequence: Option<u64>,
+    /// `events[last].sequence` as the shard saw it.
+    #[serde(default)]
+    pub last_event_sequence: Option<u64>,
+    /// The shard's estimate of the batch size.
+    #[serde(default)]
+    pub size_bytes: Option<u64>,
+    /// Whether this is a resend.
+    #[serde(default)]
+    pub is_retry: bool,
+    /// How often it was resent.
+    #[serde(default)]
+    pub retry_count: u32,
+}
+
+/// `heartbeat`: keep-alive with the shard's progress.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HeartbeatMessage {
+    /// Send time, Unix ms; echoed in the `pong`.
+    #[serde(default)]
+    pub timestamp: Option<i64>,
+    /// Correlation id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correlation_id: Option<String>,
+    /// The shard's Durable Object id.
+    #[serde(default)]
+    pub source_do_id: Option<String>,
+    /// The last batch sequence the shard saw acked.
+    #[serde(default)]
+    pub last_ack_sequence: Option<i64>,
+    /// Events waiting in the shard.
+    #[serde(default)]
+    pub pending_events: Option<u64>,
+}
+
+/// `flush_request`: the shard asks DoLake to flush.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FlushRequestMessage {
+    /// Send time, Unix ms.
+    #[serde(default)]
+    pub timestamp: Option<i64>,
+    /// Correlation id, echoed in the `flush_response`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correlation_id: Option<String>,
+    /// The shard's Durable Object id.
+    #[serde(default)]
+    pub source_do_id: Option<String>,
+    /// manual, shutdown, buffer_full or time_threshold.
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// `disconnect`: the shard is leaving.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DisconnectMessage {
+    /// Send time, Unix ms.
+    #[serde(default)]
+    pub timestamp: Option<i64>,
+    /// Correlation id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correlation_id: Option<String>,
+    /// The shard's Durable Object id.
+    #[serde(default)]
+    pub source_do_id: Option<String>,
+    /// Why.
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// Any message a shard sends.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClientMessage {
+    /// `connect`.
+    Connect(ConnectMessage),
+    /// `cdc_batch`.
+    CdcBatch(CdcBatchMessage),
+    /// `heartbeat`.
+    Heartbeat(HeartbeatMessage),
+    /// `flush_request`.
+    FlushRequest(FlushRequestMessage),
+    /// `disconnect`.
+    Disconnect(DisconnectMessage),
+}
+
+/// Why a message was refused, with what could still be read of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecodeError {
+    /// What was wrong, for the `errorMessage` of the `nack`.
+    pub message: String,
+    /// The batch's `sequenceNumber`, when it could be read.
+    pub sequence_number: Option<u64>,
+    /// The message's `correlationId`, when it could be read.
+    pub correlation_id: Option<String>,
+    /// The message's `type`, when it could be read.
+    pub message_type: Option<String>,
+}
+
+impl DecodeError {
+    fn bare(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            sequence_number: None,
+            correlation_id: None,
+            message_type: None,
+        }
+    }
+}
+
+fn typed<T: serde::de::DeserializeOwned>(value: Value, kind: &str) -> Result<T, String> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.inner().to_string();
+        if path.is_empty() || path == "." {
+            format!("invalid {kind} message: {inner}")
+        } else {
+            format!("invalid {kind} message: field `{path}`: {inner}")
+        }
+    })
+}
+
+/// Decodes one text frame. Never panics; serde_json bounds nesting depth.
+pub fn decode_client_message(text: &str) -> Result<ClientMessage, DecodeError> {
+    let value: Value = serde_json::from_str(text)
+        .map_err(|e| DecodeError::bare(format!("malformed JSON: {e}")))?;
+    let Value::Object(ref object) = value else {
+        return Err(DecodeError::bare(format!(
+            "a message must be a JSON object, got {}",
+            json_kind(&value)
+        )));
+    };
+    let sequence_number = object.get("sequenceNumber").and_then(Value::as_u64);
+    let correlation_id = object
+        .get("correlationId")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    let message_type = object
+        .get("type")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    let fail = |message: String| DecodeError {
+        message,
+        sequence_number,
+        correlation_id: correlation_id.clone(),
+        message_type: message_type.clone(),
+    };
+    let Some(kind) = message_type.clone() else {
+        return Err(fail(match object.get("type") {
+            None => "missing field `type`".to_string(),
+            Some(v) => format!("field `type` must be a string, got {}", json_kind(v)),
+        }));
+    };
+    let decoded = match kind.as_str() {
+        "connect" => typed(value, "connect").map(ClientMessage::Connect),
+        "cdc_batch" => typed(value, "cdc_batch")
+            .and_then(|b: CdcBatchMessage| validate_batch(&b).map(|()| b))
+            .map(ClientMessage::CdcBatch),
+        "heartbeat" => typed(value, "heartbeat").map(ClientMessage::Heartbeat),
+        "flush_request" => typed(value, "flush_request").map(ClientMessage::FlushRequest),
+        "disconnect" => typed(value, "disconnect").map(ClientMessage::Disconnect),
+        other => Err(format!(
+            "unknown message type {other:?}; expected connect, cdc_batch, heartbeat, flush_request or disconnect"
+        )),
+    };
+    decoded.map_err(fail)
+}
+
+/// Best-effort read of a message's top-level `sequenceNumber` without
+/// parsing it (for refusing messages too large to parse). The guide's shards
+/// write it after `events`, so the last occurrence is the top-level one.
+pub fn sniff_sequence_number(text: &str) -> Option<u64> {
+    const KEY: &str = "\"sequenceNumber\"";
+    let at = text.rfind(KEY)? + KEY.len();
+    let rest = text[at..].trim_start().strip_prefix(':')?.trim_start();
+    let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+    rest[..digits].parse().ok()
+}
+
+/// Checks what types alone cannot: identities, events and their images.
+fn validate_batch(batch: &CdcBatchMessage) -> Result<(), String> {
+    if batch.source_do_id.is_empty() {
+        return Err("invalid cdc_batch message: field `sourceDoId` must not be empty".into());
+    }
+    if batch.events.is_empty() {
+        return Err("invalid cdc_batch message: field `events` must not be empty".into());
+    }
+    for (i, event) in batch.events.iter().enumerate() {
+        let at = |what: &str| format!("invalid cdc_batch message: field `events[{i}]`: {what}");
+        validate_table_name(&event.table).map_err(|e| at(&e))?;
+        if event.row_id.is_empty() {
+            return Err(at("`rowId` must not be empty"));
+        }
+        match event.operation {
+            Operation::Insert | Operation::Update if event.after.is_none() => {
+                return Err(at(&format!(
+                    "an {} event needs an `after` object",
+                    event.operation.as_str()
+                )));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// A table name becomes one segment of an object key and an Iceberg
+/// identifier, so it must not be able to leave its place in the bucket.
+pub(crate) fn validate_table_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("`table` must not be empty".into());
+    }
+    if name.len() > MAX_TABLE_NAME_BYTES {
+        return Err(format!(
+            "`table` is {} bytes long; at most {MAX_TABLE_NAME_BYTES} are allowed",
+            name.len()
+        ));
+    }
+    if name == "." || name == ".." || name.contains('/') || name.contains('\\') {
+        return Err(format!(
+            "`table` {name:?} must not be `.`, `..` or contain a path separator"
+        ));
+    }
+    if name.chars().any(char::is_control) {
+        return Err("`table` must not contain control characters".into());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch_json(events: &str) -> String {
+        format!(
+            r#"{{"type":"cdc_batch","timestamp":1,"correlationId":"c-1","sourceDoId":"do-1",
+            "sourceShardName":"shard-1","events":{events},"sequenceNumber":7,
+            "firstEventSequence":0,"lastEventSequence":0,"sizeBytes":10,"isRetry":false,"retryCount":0}}"#
+        )
+    }
+
+    #[test]
+    fn decodes_the_guides_batch() {
+        let text = batch_json(
+            r#"[{"sequence":0,"timestamp":1700000000000,"operation":"INSERT","table":"users",
+            "rowId":"u1","after":{"id":"u1","age":3}},
+            {"sequence":1,"timestamp":1700000000001,"operation":"DELETE","table":"users","rowId":42}]"#,
+        );
+        let ClientMessage::CdcBatch(b) = decode_client_message(&text).unwrap() else {
+            panic!("not a batch")
+        };
+        assert_eq!(b.sequence_number, 7);
+        assert_eq!(b.events.len(), 2);
+        assert_eq!(b.events[0].operation, Operation::Insert);
+        assert_eq!(b.events[0].after.as_ref().unwrap()["age"], 3);
+        assert_eq!(b.events[1].row_id, "42");
+        assert_eq!(b.correlation_id.as_deref(), Some("c-1"));
+    }
+
+    #[test]
+    fn refusals_say_what_and_keep_the_sequence_number() {
+        let cases = [
+            (batch_json("[]"), "`events` must not be empty"),
+            (
+                batch_json(
+                    r#"[{"sequence":0,"timestamp":1,"operation":"UPSERT","table":"t","rowId":"r"}]"#,
+                ),
+                "events[0].operation",
+            ),
+            (
+                batch_json(
+                    r#"[{"sequence":0,"timestamp":1,"operation":"INSERT","rowId":"r","after":{}}]"#,
+                ),
+                "missing field `table`",
+            ),
+            (
+                batch_json(
+                    r#"[{"sequence":0,"timestamp":1,"operation":"INSERT","table":"t","after":{}}]"#,
+                ),
+                "missing field `rowId`",
+            ),
+            (
+                batch_json(
+                    r#"[{"sequence":0,"timestamp":1,"operation":"INSERT","table":"t","rowId":"r"}]"#,
+                ),
+                "needs an `after` object",
+            ),
+            (
+                batch_json(
+                    r#"[{"sequence":0,"timestamp":1,"operation":"INSERT","table":"../x","rowId":"r","after":{}}]"#,
+                ),
+                "path separator",
+            ),
+            (
+                batch_json(
+                    r#"[{"sequence":"zero","timestamp":1,"operation":"INSERT","table":"t","rowId":"r","after":{}}]"#,
+                ),
+                "events[0].sequence",
+            ),
+        ];
+        for (text, expected) in cases {
+            let e = decode_client_message(&text).unwrap_err();
+            assert!(e.message.contains(expected), "{} !~ {expected}", e.message);
+            assert_eq!(e.sequence_number, Some(7), "{}", e.message);
+            assert_eq!(e.correlation_id.as_deref(), Some("c-1"));
+        }
+    }
+
+    #[test]
+    fn refuses_non_messages() {
+        for (text, expected) in [
+            ("{", "malformed JSON"),
+            ("[]", "must be a JSON object"),
+            ("{}", "missing field `type`"),
+            (r#"{"type":5}"#, "must be a string"),
+            (
+                r#"{"type":"gossip","sequenceNumber":3}"#,
+                "unknown message type",
+            ),
+            (r#"{"type":"connect"}"#, "sourceDoId"),
+        ] {
+            let e = decode_client_message(text).unwrap_err();
+            assert!(e.message.contains(expected), "{} !~ {expected}", e.message);
+        }
+        let e = decode_client_message(r#"{"type":"gossip","sequenceNumber":3}"#).unwrap_err();
+        assert_eq!(e.sequence_number, Some(3));
+    }
+
+    #[test]
+    fn sniffs_the_top_level_sequence_number() {
+        assert_eq!(sniff_sequence_number(&batch_json("[]")), Some(7));
+        assert_eq!(
+            sniff_sequence_number(r#"{"sequenceNumber" : 12}"#),
+            Some(12)
+        );
+        assert_eq!(sniff_sequence_number(r#"{"sequenceNumber":"x"}"#), None);
+        assert_eq!(sniff_sequence_number("garbage"), None);
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_not_a_crash() {
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        assert!(decode_client_message(&deep).is_err());
+        let deep_event = batch_json(&format!(
+            r#"[{{"sequence":0,"timestamp":1,"operation":"INSERT","table":"t","rowId":"r","after":{{"x":{}1{}}}}}]"#,
+            "[".repeat(5000),
+            "]".repeat(5000)
+        ));
+        let e = decode_client_message(&deep_event).unwrap_err();
+        assert!(e.message.contains("malformed JSON"), "{}", e.message);
+    }
+}
