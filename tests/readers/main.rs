@@ -1,0 +1,512 @@
+//! Writes DoLake test tables for the reader tests (pyiceberg, DuckDB,
+//! iceberg-rust), and the rows every reader must return.
+//!
+//! `cargo test --test readers` writes them to a temporary directory and checks
+//! what the writer can check itself. With `DOLAKE_READERS_OUT=<dir>` the tables
+//! stay in `<dir>` for `tests/readers/run.sh`:
+//!
+//! - `<dir>/warehouse/<namespace>/<table>/...`: the tables, written through
+//!   the same keys the flush pipeline uses, with `file://` locations;
+//! - `<dir>/expected/<table>.jsonl`: one JSON object per row, derived from the
+//!   events sent (not from the writer), timestamps in microseconds, JSON-text
+//!   columns as parsed JSON;
+//! - `<dir>/tables.json`: per table its metadata file, snapshots with their
+//!   cumulative row counts, and which columns hold JSON text.
+//!
+//! Every commit after the first is planned on the state read back from the
+//! files written (version hint, metadata, manifest list), as after a restart.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use dolake::config::{Compression, PartitionBy};
+use dolake::lake::{
+    committed_watermarks, plan_commit, ChangeEvent, CommitIds, Op, TablePaths, TableState,
+    Watermark, WriteOptions,
+};
+use serde_json::{json, Map, Value};
+use uuid::Uuid;
+
+const NAMESPACE: &str = "cdc";
+/// 2026-11-26T00:00:00Z in ms.
+const DAY0: i64 = 1_795_651_200_000;
+const HOUR: i64 = 3_600_000;
+const LEVELS: [&str; 3] = ["INFO", "WARN", "ERROR"];
+
+/// The column types the writer is expected to infer, per table.
+#[derive(Clone, Copy, PartialEq)]
+enum Ty {
+    Long,
+    Double,
+    Str,
+    Json,
+    Bool,
+}
+
+struct TableSpec {
+    name: &'static str,
+    partition_by: PartitionBy,
+    row_group_size: usize,
+    target_file_size: usize,
+    columns: Vec<(&'static str, Ty)>,
+    commits: Vec<(Compression, Vec<ChangeEvent>)>,
+}
+
+fn obj(v: Value) -> Option<Map<String, Value>> {
+    v.as_object().cloned()
+}
+
+#[allow(clippy::too_many_arguments)]
+fn ev(
+    source: &str,
+    batch: u64,
+    seq: u64,
+    ts: i64,
+    op: Op,
+    before: Value,
+    after: Value,
+    metadata: Option<Value>,
+) -> ChangeEvent {
+    ChangeEvent {
+        source_id: source.to_string(),
+        batch_seq: batch,
+        sequence: seq,
+        timestamp_ms: ts,
+        operation: op,
+        row_id: format!("{source}:{seq}"),
+        before: obj(before),
+        after: obj(after),
+        metadata,
+    }
+}
+
+fn insert(source: &str, batch: u64, seq: u64, ts: i64, after: Value) -> ChangeEvent {
+    ev(source, batch, seq, ts, Op::Insert, Value::Null, after, None)
+}
+
+/// Orders: day partitions, every kind of value, updates, deletes, a column
+/// added later, type conflicts.
+fn orders() -> TableSpec {
+    let mut c1 = Vec::new();
+    for i in 0..40_u64 {
+        let source = if i % 2 == 0 { "shard-a" } else { "shard-b" };
+        let amount = if i % 3 == 0 {
+            json!(i * 10)
+        } else {
+            json!(i as f64 + 0.25)
+        };
+        c1.push(insert(
+            source,
+            1 + i / 10,
+            100 + i,
+            DAY0 + (i as i64 % 3) * 24 * HOUR + i as i64 * 1000,
+            json!({
+                "id": i,
+                "customer": format!("customer-{i:03}"),
+                "amount": amount,
+                "paid": i % 4 == 0,
+                "tags": ["t", i],
+                "address": {"city": "Zürich", "zip": format!("{:04}", 8000 + i)},
+                "note": if i == 7 { json!("naïve 🚀 emoji") } else { json!(null) },
+                "Ünïcødé col": format!("ü-{i}"),
+            }),
+        ));
+    }
+    let mut c2 = Vec::new();
+    for i in 0..5_u64 {
+        c2.push(ev(
+            "shard-a",
+            10,
+            200 + i,
+            DAY0 + 3 * 24 * HOUR + i as i64,
+            Op::Update,
+            json!({"id": i, "customer": format!("customer-{i:03}"), "amount": 1}),
+            json!({"id": i, "customer": format!("customer-{i:03}"), "amount": 15, "discount": 0.5}),
+            Some(json!({"txn": 9000 + i, "user": "admin"})),
+        ));
+    }
+    for i in 5..8_u64 {
+        c2.push(ev(
+            "shard-b",
+            11,
+            300 + i,
+            DAY0 + 3 * 24 * HOUR + 500 + i as i64,
+            Op::Delete,
+            json!({"id": i, "customer": format!("customer-{i:03}")}),
+            Value::Null,
+            None,
+        ));
+    }
+    let c3 = vec![
+        insert(
+            "shard-a",
+            12,
+            400,
+            DAY0 + 4 * 24 * HOUR,
+            json!({"id": "forty-two", "customer": 123}),
+        ),
+        insert(
+            "shard-a",
+            12,
+            401,
+            DAY0 + 4 * 24 * HOUR + 1,
+            json!({"id": 4.5, "tags": "not json"}),
+        ),
+        insert(
+            "shard-a",
+            12,
+            402,
+            DAY0 + 4 * 24 * HOUR + 2,
+            json!({"id": 50, "amount": 18_446_744_073_709_551_615_u64, "_cdc_op": "spoof", "paid": "yes"}),
+        ),
+        insert(
+            "shard-a",
+            12,
+            403,
+            DAY0 + 4 * 24 * HOUR + 3,
+            json!({"id": 51, "amount": -0.0, "customer": null, "discount": 7}),
+        ),
+        // A key-only delete.
+        ev(
+            "shard-b",
+            13,
+            500,
+            DAY0 + 4 * 24 * HOUR + 4,
+            Op::Delete,
+            Value::Null,
+            Value::Null,
+            None,
+        ),
+    ];
+    TableSpec {
+        name: "orders",
+        partition_by: PartitionBy::Day,
+        row_group_size: 16,
+        target_file_size: 64 * 1024 * 1024,
+        columns: vec![
+            ("id", Ty::Long),
+            ("customer", Ty::Str),
+            ("amount", Ty::Double),
+            ("paid", Ty::Bool),
+            ("tags", Ty::Json),
+            ("address", Ty::Json),
+            ("note", Ty::Str),
+            ("Ünïcødé col", Ty::Str),
+            ("discount", Ty::Double),
+        ],
+        commits: vec![
+            (Compression::Snappy, c1),
+            (Compression::Zstd, c2),
+            (Compression::Gzip, c3),
+        ],
+    }
+}
+
+/// Metrics: hour partitions, timestamps before 1970, negative numbers.
+fn metrics() -> TableSpec {
+    let c1: Vec<ChangeEvent> = (0..30_u64)
+        .map(|i| {
+            insert(
+                "sensor-1",
+                1,
+                i + 1,
+                DAY0 + (i as i64 % 5) * HOUR + i as i64,
+                json!({"metric": format!("m{}", i % 4), "value": -(i as f64) / 8.0, "count": i as i64 - 15}),
+            )
+        })
+        .collect();
+    let c2 = vec![
+        insert(
+            "sensor-1",
+            2,
+            31,
+            -1_000,
+            json!({"metric": "old", "value": 1e300, "count": i64::MIN}),
+        ),
+        insert(
+            "sensor-2",
+            1,
+            1,
+            -HOUR - 1,
+            json!({"metric": "older", "value": 5, "count": i64::MAX}),
+        ),
+    ];
+    TableSpec {
+        name: "metrics",
+        partition_by: PartitionBy::Hour,
+        row_group_size: 100_000,
+        target_file_size: 64 * 1024 * 1024,
+        columns: vec![
+            ("metric", Ty::Str),
+            ("value", Ty::Double),
+            ("count", Ty::Long),
+        ],
+        commits: vec![(Compression::Zstd, c1), (Compression::None, c2)],
+    }
+}
+
+/// Logs: unpartitioned, many rows, small files and row groups.
+fn logs() -> TableSpec {
+    let commit = |batch: u64, from: u64, n: u64| -> Vec<ChangeEvent> {
+        (from..from + n)
+            .map(|i| {
+                insert(
+                    "app",
+                    batch,
+                    i,
+                    DAY0 + i as i64 * 37,
+                    json!({
+                        "level": LEVELS[(i % 3) as usize],
+                        "message": format!("request {i} served in {} ms", i % 97),
+                        "latency": (i % 97) as f64 / 3.0,
+                    }),
+                )
+            })
+            .collect()
+    };
+    TableSpec {
+        name: "logs",
+        partition_by: PartitionBy::None,
+        row_group_size: 300,
+        target_file_size: 20 * 1024,
+        columns: vec![
+            ("level", Ty::Str),
+            ("message", Ty::Str),
+            ("latency", Ty::Double),
+        ],
+        commits: vec![
+            (Compression::Gzip, commit(1, 1, 3000)),
+            (Compression::None, commit(2, 3001, 1500)),
+            (Compression::Snappy, commit(3, 4501, 10)),
+        ],
+    }
+}
+
+/// The row every reader must return for `e`, derived from the event alone
+/// and the expected column types.
+fn expected_row(e: &ChangeEvent, columns: &[(&str, Ty)]) -> Value {
+    let mut row = Map::new();
+    row.insert("_cdc_op".into(), json!(e.operation.as_str()));
+    row.insert("_cdc_seq".into(), json!(e.sequence));
+    row.insert("_cdc_ts".into(), json!(e.timestamp_ms * 1000));
+    row.insert("_cdc_source".into(), json!(e.source_id));
+    row.insert("_cdc_row_id".into(), json!(e.row_id));
+    let image = e.after.as_ref().or(e.before.as_ref());
+    let before = if e.after.is_some() {
+        e.before.clone()
+    } else {
+        None
+    };
+    row.insert(
+        "_cdc_before".into(),
+        before.map(Value::Object).unwrap_or(Value::Null),
+    );
+    row.insert(
+        "_cdc_metadata".into(),
+        e.metadata.clone().unwrap_or(Value::Null),
+    );
+    let mut overflow = Map::new();
+    for (name, _) in columns {
+        row.insert(name.to_string(), Value::Null);
+    }
+    for (k, v) in image.into_iter().flatten() {
+        let ty = columns.iter().find(|(n, _)| n == k).map(|(_, t)| *t);
+        let fits = match (ty, v) {
+            (Some(_), Value::Null) => true,
+            (Some(Ty::Long), Value::Number(n)) => n.is_i64(),
+            // Integers must survive the conversion to double exactly.
+            (Some(Ty::Double), Value::Number(n)) => match (n.as_i64(), n.as_u64()) {
+                (Some(i), _) => (i as f64) as i128 == i128::from(i),
+                (None, Some(u)) => (u as f64) as u128 == u128::from(u),
+                _ => true,
+            },
+            (Some(Ty::Str), Value::String(_)) => true,
+            (Some(Ty::Json), Value::Array(_) | Value::Object(_)) => true,
+            (Some(Ty::Bool), Value::Bool(_)) => true,
+            _ => false,
+        };
+        if fits {
+            let v = match (ty, v) {
+                (Some(Ty::Double), Value::Number(n)) => json!(n.as_f64()),
+                _ => v.clone(),
+            };
+            row.insert(k.clone(), v);
+        } else {
+            // A null under a name that is neither a column nor reserved carries
+            // nothing; anything else that does not fit is overflow.
+            let carries_nothing =
+                v.is_null() && ty.is_none() && !k.starts_with("_cdc_") && !k.is_empty();
+            if carries_nothing {
+                continue;
+            }
+            overflow.insert(k.clone(), v.clone());
+        }
+    }
+    row.insert(
+        "_cdc_overflow".into(),
+        if overflow.is_empty() {
+            Value::Null
+        } else {
+            Value::Object(overflow)
+        },
+    );
+    Value::Object(row)
+}
+
+fn write_table(out: &Path, spec: &TableSpec) -> Value {
+    let warehouse = out.join("warehouse");
+    let warehouse_uri = format!("file://{}", warehouse.display());
+    let paths = TablePaths::new(NAMESPACE, spec.name).unwrap();
+    let read = |key: &str| std::fs::read(warehouse.join(key)).unwrap();
+    let mut expected = Vec::new();
+    let mut snapshots = Vec::new();
+    let mut total_rows = 0_u64;
+    let mut metadata_path = PathBuf::new();
+    let mut all_events = Vec::new();
+    for (n, (compression, events)) in spec.commits.iter().enumerate() {
+        // The state as the flush pipeline would read it back from storage.
+        let state = if n == 0 {
+            None
+        } else {
+            let hint = read(&paths.version_hint_key());
+            let version = dolake::lake::parse_version_hint(&hint).unwrap();
+            let meta = read(&paths.metadata_key(version));
+            let metadata = dolake::lake::TableMetadata::from_json(&meta).unwrap();
+            let list_key = paths.manifest_list_key(&metadata).unwrap().unwrap();
+            Some(TableState::from_objects(&hint, &meta, Some(&read(&list_key))).unwrap())
+        };
+        let options = WriteOptions {
+            warehouse_location: warehouse_uri.clone(),
+            namespace: NAMESPACE.to_string(),
+            table: spec.name.to_string(),
+            compression: *compression,
+            row_group_size: spec.row_group_size,
+            partition_by: spec.partition_by,
+            target_file_size: spec.target_file_size,
+        };
+        let seed = spec.name.len() as u8 * 16 + n as u8;
+        let ids = CommitIds {
+            snapshot_id: 7_000_000_000 + (seed as i64) * 1000 + n as i64,
+            commit_uuid: Uuid::from_bytes([seed; 16]),
+            table_uuid: Uuid::from_bytes([spec.name.len() as u8; 16]),
+            now_ms: DAY0 + 10 * 24 * HOUR + n as i64 * 60_000,
+        };
+        let commit = plan_commit(events, state.as_ref(), &options, &ids).unwrap();
+        for p in &commit.puts {
+            let path = warehouse.join(&p.key);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, &p.bytes).unwrap();
+        }
+        total_rows += events.len() as u64;
+        assert_eq!(commit.rows, events.len() as u64);
+        snapshots.push(json!({
+            "snapshot_id": commit.snapshot_id,
+            "total_rows": total_rows,
+            "data_files": commit.data_files,
+            "overflow": commit.overflow,
+            "compression": format!("{compression:?}").to_lowercase(),
+        }));
+        metadata_path = warehouse.join(&commit.metadata_key);
+        all_events.extend(events.iter().cloned());
+        for e in events {
+            expected.push(expected_row(e, &spec.columns));
+        }
+    }
+    // The watermarks read back cover every source's highest sequences.
+    let meta =
+        dolake::lake::TableMetadata::from_json(&std::fs::read(&metadata_path).unwrap()).unwrap();
+    let mut want: BTreeMap<String, Watermark> = BTreeMap::new();
+    for e in &all_events {
+        let w = want.entry(e.source_id.clone()).or_default();
+        w.batch_seq = w.batch_seq.max(e.batch_seq);
+        w.event_seq = w.event_seq.max(e.sequence);
+    }
+    assert_eq!(committed_watermarks(&meta), want);
+    // The inferred schema is the one the expected rows assume.
+    let schema = meta.current_schema().unwrap();
+    for (name, ty) in &spec.columns {
+        let f = schema
+            .field_by_name(name)
+            .unwrap_or_else(|| panic!("{name} missing"));
+        let want = match ty {
+            Ty::Long => "long",
+            Ty::Double => "double",
+            Ty::Str | Ty::Json => "string",
+            Ty::Bool => "boolean",
+        };
+        assert_eq!(
+            serde_json::to_value(&f.field_type).unwrap(),
+            json!(want),
+            "{name}"
+        );
+        assert_eq!(
+            f.doc.as_deref() == Some("dolake:json"),
+            *ty == Ty::Json,
+            "{name}"
+        );
+    }
+    let exp_dir = out.join("expected");
+    std::fs::create_dir_all(&exp_dir).unwrap();
+    let mut text = String::new();
+    for row in &expected {
+        text.push_str(&row.to_string());
+        text.push('\n');
+    }
+    std::fs::write(exp_dir.join(format!("{}.jsonl", spec.name)), text).unwrap();
+    let json_columns: Vec<&str> = ["_cdc_before", "_cdc_metadata", "_cdc_overflow"]
+        .into_iter()
+        .chain(
+            spec.columns
+                .iter()
+                .filter(|(_, t)| *t == Ty::Json)
+                .map(|(n, _)| *n),
+        )
+        .collect();
+    json!({
+        "name": spec.name,
+        "namespace": NAMESPACE,
+        "table_dir": warehouse.join(paths.prefix()),
+        "metadata_path": metadata_path,
+        "metadata_location": format!("file://{}", metadata_path.display()),
+        "partition_by": format!("{:?}", spec.partition_by).to_lowercase(),
+        "snapshots": snapshots,
+        "rows": expected.len(),
+        "json_columns": json_columns,
+        "expected": exp_dir.join(format!("{}.jsonl", spec.name)),
+    })
+}
+
+#[test]
+fn write_reader_test_tables() {
+    let (out, keep) = match std::env::var_os("DOLAKE_READERS_OUT") {
+        Some(dir) => (PathBuf::from(dir), true),
+        None => (
+            std::env::temp_dir().join(format!("dolake-readers-{}", std::process::id())),
+            false,
+        ),
+    };
+    let _ = std::fs::remove_dir_all(&out);
+    std::fs::create_dir_all(&out).unwrap();
+    let out = out.canonicalize().unwrap();
+    let tables: Vec<Value> = [orders(), metrics(), logs()]
+        .iter()
+        .map(|t| write_table(&out, t))
+        .collect();
+    // The logs table was split into several files per commit.
+    assert!(tables[2]["snapshots"][0]["data_files"].as_u64().unwrap() >= 3);
+    // The conflicts of the orders table were counted.
+    let overflow = &tables[0]["snapshots"][2]["overflow"];
+    assert_eq!(overflow["id"], 2);
+    assert_eq!(overflow["customer"], 1);
+    assert_eq!(overflow["_cdc_op"], 1);
+    std::fs::write(
+        out.join("tables.json"),
+        serde_json::to_vec_pretty(&json!({"tables": tables})).unwrap(),
+    )
+    .unwrap();
+    if !keep {
+        std::fs::remove_dir_all(&out).unwrap();
+    } else {
+        eprintln!("reader test tables written to {}", out.display());
+    }
+}

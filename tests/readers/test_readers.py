@@ -1,0 +1,300 @@
+"""DoLake's tables read back by pyiceberg, DuckDB and iceberg-rust.
+
+`run.sh` writes the tables (`cargo test --test readers` with
+`DOLAKE_READERS_OUT`), runs the iceberg-rust reader, then this suite, which
+holds every reader to the same check: every row and every value equals the
+expected rows derived from the events sent, and the row counts agree.
+
+Environment:
+  DOLAKE_READERS_OUT   directory with tables.json, expected/, warehouse/
+  DOLAKE_ICEBERG_RS    directory with the iceberg-rust reader's dumps
+"""
+
+import glob
+import json
+import os
+
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+from pyiceberg.expressions import GreaterThanOrEqual
+from pyiceberg.table import StaticTable
+
+OUT = os.environ.get("DOLAKE_READERS_OUT")
+RS_OUT = os.environ.get("DOLAKE_ICEBERG_RS")
+
+if not OUT or not os.path.exists(os.path.join(OUT, "tables.json")):
+    pytest.skip(
+        "DOLAKE_READERS_OUT with tables.json is not set; run tests/readers/run.sh",
+        allow_module_level=True,
+    )
+
+with open(os.path.join(OUT, "tables.json")) as f:
+    TABLES = json.load(f)["tables"]
+NAMES = [t["name"] for t in TABLES]
+BY_NAME = {t["name"]: t for t in TABLES}
+
+
+def table_param(fn):
+    return pytest.mark.parametrize("name", NAMES)(fn)
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def expected_rows(t):
+    with open(t["expected"]) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def normalize_arrow(tbl: pa.Table):
+    """Rows as dicts: timestamps as integer microseconds."""
+    cols = {}
+    for field, col in zip(tbl.schema, tbl.columns):
+        if pa.types.is_timestamp(field.type):
+            col = pc.cast(pc.cast(col, pa.timestamp("us", tz="UTC")), pa.int64())
+        cols[field.name] = col
+    return pa.table(cols).to_pylist() if cols else []
+
+
+def key(row):
+    return (row["_cdc_source"], row["_cdc_seq"])
+
+
+def compare(t, got_rows, want_rows, reader):
+    json_cols = set(t["json_columns"])
+    assert len(got_rows) == len(want_rows), f"{reader}: row count"
+    got_rows = sorted(got_rows, key=key)
+    want_rows = sorted(want_rows, key=key)
+    for got, want in zip(got_rows, want_rows):
+        got = dict(got)
+        for c in json_cols:
+            if got.get(c) is not None:
+                assert isinstance(got[c], str), f"{reader}: {c} should be JSON text"
+                got[c] = json.loads(got[c])
+        for c in set(got) | set(want):
+            g, w = got.get(c), want.get(c)
+            assert g == w and type(g) is type(w) or (
+                isinstance(g, (int, float))
+                and isinstance(w, (int, float))
+                and not isinstance(g, bool)
+                and not isinstance(w, bool)
+                and float(g) == float(w)
+                and c not in ("_cdc_seq", "_cdc_ts")
+            ), f"{reader}: row {key(want)} column {c!r}: got {g!r}, want {w!r}"
+
+
+def pyiceberg_table(t):
+    return StaticTable.from_metadata(t["metadata_location"])
+
+
+_con = None
+
+
+def duck():
+    global _con
+    if _con is None:
+        import duckdb_extension_avro
+        import duckdb_extension_iceberg
+
+        def ext(mod, name):
+            pattern = os.path.join(
+                os.path.dirname(mod.__file__), "extensions", "*", name + ".duckdb_extension"
+            )
+            return glob.glob(pattern)[0]
+
+        _con = duckdb.connect(
+            config={
+                "allow_unsigned_extensions": "true",
+                "autoinstall_known_extensions": "false",
+            }
+        )
+        _con.execute(f"LOAD '{ext(duckdb_extension_avro, 'avro')}'")
+        _con.execute(f"LOAD '{ext(duckdb_extension_iceberg, 'iceberg')}'")
+    return _con
+
+
+def duck_rows(sql):
+    return normalize_arrow(duck().execute(sql).to_arrow_table())
+
+
+def rs_rows(name, suffix=""):
+    if not RS_OUT:
+        pytest.skip("DOLAKE_ICEBERG_RS not set")
+    with open(os.path.join(RS_OUT, f"{name}{suffix}.jsonl")) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+# ---------------------------------------------------------------- pyiceberg
+
+
+@table_param
+def test_pyiceberg_reads_every_row_and_value(name):
+    t = BY_NAME[name]
+    rows = normalize_arrow(pyiceberg_table(t).scan().to_arrow())
+    compare(t, rows, expected_rows(t), "pyiceberg")
+
+
+@table_param
+def test_pyiceberg_time_travel_sees_each_commit(name):
+    t = BY_NAME[name]
+    tbl = pyiceberg_table(t)
+    assert tbl.metadata.current_snapshot_id == t["snapshots"][-1]["snapshot_id"]
+    for s in t["snapshots"]:
+        n = tbl.scan(snapshot_id=s["snapshot_id"]).to_arrow().num_rows
+        assert n == s["total_rows"], s
+    # Parent chain.
+    snaps = tbl.metadata.snapshots
+    for prev, cur in zip(snaps, snaps[1:]):
+        assert cur.parent_snapshot_id == prev.snapshot_id
+        assert cur.sequence_number == prev.sequence_number + 1
+
+
+@table_param
+def test_pyiceberg_filtered_scans_skip_no_rows(name):
+    """Wrong column bounds would make these scans silently drop rows."""
+    t = BY_NAME[name]
+    tbl = pyiceberg_table(t)
+    want = expected_rows(t)
+    ts = sorted(r["_cdc_ts"] for r in want)
+    pivot = ts[len(ts) // 2]
+    got = normalize_arrow(
+        tbl.scan(row_filter=GreaterThanOrEqual("_cdc_ts", pivot_iso(pivot))).to_arrow()
+    )
+    compare(t, got, [r for r in want if r["_cdc_ts"] >= pivot], "pyiceberg ts filter")
+    if "id" in tbl.schema().column_names:
+        got = normalize_arrow(tbl.scan(row_filter=GreaterThanOrEqual("id", 10)).to_arrow())
+        compare(
+            t,
+            got,
+            [r for r in want if r.get("id") is not None and r["id"] >= 10],
+            "pyiceberg id filter",
+        )
+
+
+def pivot_iso(micros):
+    import datetime
+
+    dt = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc) + datetime.timedelta(
+        microseconds=micros
+    )
+    return dt.isoformat()
+
+
+@table_param
+def test_pyiceberg_sees_schema_evolution_and_partitioning(name):
+    t = BY_NAME[name]
+    tbl = pyiceberg_table(t)
+    md = tbl.metadata
+    assert md.format_version == 2
+    spec = tbl.spec()
+    if t["partition_by"] == "none":
+        assert spec.is_unpartitioned()
+    else:
+        assert [f.transform.__class__.__name__ for f in spec.fields] == [
+            {"day": "DayTransform", "hour": "HourTransform"}[t["partition_by"]]
+        ]
+    if name == "orders":
+        # `discount` arrived in the second commit: a second schema.
+        assert len(md.schemas) == 2
+        assert "discount" not in md.schemas[0].column_names
+        assert md.schemas[1].find_field("discount").optional
+
+
+# ---------------------------------------------------------------- DuckDB
+
+
+@table_param
+def test_duckdb_reads_every_row_and_value(name):
+    t = BY_NAME[name]
+    rows = duck_rows(f"SELECT * FROM iceberg_scan('{t['metadata_path']}')")
+    compare(t, rows, expected_rows(t), "duckdb")
+
+
+@table_param
+def test_duckdb_finds_the_latest_version_through_version_hint(name):
+    t = BY_NAME[name]
+    (n,) = duck().execute(f"SELECT count(*) FROM iceberg_scan('{t['table_dir']}')").fetchone()
+    assert n == t["rows"]
+
+
+@table_param
+def test_duckdb_filtered_scan(name):
+    t = BY_NAME[name]
+    want = expected_rows(t)
+    ts = sorted(r["_cdc_ts"] for r in want)
+    pivot = ts[len(ts) // 3]
+    rows = duck_rows(
+        f"SELECT * FROM iceberg_scan('{t['metadata_path']}') "
+        f"WHERE _cdc_ts >= make_timestamptz({pivot}::BIGINT)"
+    )
+    compare(t, rows, [r for r in want if r["_cdc_ts"] >= pivot], "duckdb ts filter")
+
+
+@table_param
+def test_duckdb_metadata_functions(name):
+    t = BY_NAME[name]
+    snaps = duck().execute(f"SELECT snapshot_id FROM iceberg_snapshots('{t['metadata_path']}')").fetchall()
+    assert sorted(s[0] for s in snaps) == sorted(s["snapshot_id"] for s in t["snapshots"])
+    files = duck().execute(
+        f"SELECT file_path, record_count FROM iceberg_metadata('{t['metadata_path']}')"
+    ).fetchall()
+    assert sum(r[1] for r in files) == t["rows"]
+    assert len(files) == sum(s["data_files"] for s in t["snapshots"])
+
+
+# ---------------------------------------------------------------- iceberg-rust
+
+
+@table_param
+def test_iceberg_rust_reads_every_row_and_value(name):
+    t = BY_NAME[name]
+    compare(t, rs_rows(name), expected_rows(t), "iceberg-rust")
+
+
+@table_param
+def test_iceberg_rust_time_travel_and_filter(name):
+    t = BY_NAME[name]
+    rs_rows(name)  # skips without the dumps
+    with open(os.path.join(RS_OUT, f"{name}.counts.json")) as f:
+        counts = json.load(f)
+    assert counts == {str(s["snapshot_id"]): s["total_rows"] for s in t["snapshots"]}
+    if os.path.exists(os.path.join(RS_OUT, f"{name}.filtered.jsonl")):
+        want = [r for r in expected_rows(t) if r.get("id") is not None and r["id"] >= 10]
+        compare(t, rs_rows(name, ".filtered"), want, "iceberg-rust id filter")
+
+
+# ---------------------------------------------------------------- all readers
+
+
+@table_param
+def test_count_agrees_across_readers(name):
+    t = BY_NAME[name]
+    (duck_count,) = duck().execute(
+        f"SELECT count(*) FROM iceberg_scan('{t['metadata_path']}')"
+    ).fetchone()
+    py_count = pyiceberg_table(t).scan().to_arrow().num_rows
+    rs_count = len(rs_rows(name))
+    assert duck_count == py_count == rs_count == t["rows"] == len(expected_rows(t))
+
+
+@table_param
+def test_parquet_files_carry_field_ids_and_utc_micros(name):
+    t = BY_NAME[name]
+    files = glob.glob(os.path.join(t["table_dir"], "data", "**", "*.parquet"), recursive=True)
+    assert files
+    md = pyiceberg_table(t).metadata
+    ids = {f.name: f.field_id for s in md.schemas for f in s.fields}
+    codecs = set()
+    for path in files:
+        pf = pq.ParquetFile(path)
+        for field in pf.schema_arrow:
+            assert field.metadata and b"PARQUET:field_id" in field.metadata, field
+            assert int(field.metadata[b"PARQUET:field_id"]) == ids[field.name]
+        ts = pf.schema_arrow.field("_cdc_ts").type
+        assert ts == pa.timestamp("us", tz="UTC") or ts == pa.timestamp("us", tz="+00:00")
+        codecs.add(pf.metadata.row_group(0).column(0).compression)
+    want = {s["compression"].upper().replace("NONE", "UNCOMPRESSED") for s in t["snapshots"]}
+    assert codecs == want
