@@ -1,0 +1,216 @@
+// Test harness: starts DoLake in real workerd (server.mjs) and drives it with
+// a real WebSocket client that behaves like the integration guide's DoSQL.
+// Every wait has a timeout; every server is killed when its test ends.
+import { spawn } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import WebSocket from 'ws';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+
+export function tempStateDir() {
+  return mkdtempSync(path.join(os.tmpdir(), 'dolake-e2e-'));
+}
+
+export function removeDir(dir) {
+  rmSync(dir, { recursive: true, force: true });
+}
+
+/** Resolves `promise` or rejects after `ms` with `what`. */
+export function withTimeout(promise, ms, what) {
+  let timer;
+  return Promise.race([
+    promise,
+    new Promise((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms: ${what}`)), ms);
+    }),
+  ]).finally(() => clearTimeout(timer));
+}
+
+export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/**
+ * Starts DoLake on loopback. Returns { url, wsUrl, logs, stop(), kill() }.
+ * `config` becomes the DOLAKE_CONFIG var (a string or an object).
+ */
+export async function startDoLake({ stateDir, config, port } = {}) {
+  const env = { ...process.env, STATE_DIR: stateDir };
+  if (config !== undefined) env.DOLAKE_CONFIG = typeof config === 'string' ? config : JSON.stringify(config);
+  if (port) env.PORT = String(port);
+  const child = spawn(process.execPath, [path.join(here, 'server.mjs')], {
+    env,
+    detached: true,
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  const logs = [];
+  let exited = false;
+  child.on('exit', () => { exited = true; });
+  const ready = new Promise((resolve, reject) => {
+    let out = '';
+    child.stdout.on('data', (d) => {
+      out += d;
+      for (const line of d.toString().split('\n')) if (line.trim()) logs.push(line);
+      const m = out.match(/READY (\S+)/);
+      if (m) resolve(m[1]);
+    });
+    child.stderr.on('data', (d) => logs.push(...d.toString().split('\n').filter((l) => l.trim())));
+    child.on('exit', (code) => reject(new Error(`server exited early (${code}): ${logs.slice(-20).join('\n')}`)));
+  });
+  const href = await withTimeout(ready, 30_000, 'DoLake server start');
+  const url = href.replace(/\/$/, '');
+  const killGroup = (signal) => {
+    try { process.kill(-child.pid, signal); } catch { /* already gone */ }
+  };
+  const waitExit = () => (exited ? Promise.resolve() : new Promise((r) => child.once('exit', r)));
+  return {
+    url,
+    wsUrl: url.replace(/^http/, 'ws'),
+    logs,
+    /** Crash: SIGKILL node and workerd at once. */
+    async kill() {
+      killGroup('SIGKILL');
+      await withTimeout(waitExit(), 10_000, 'server exit after SIGKILL');
+      await sleep(200);
+    },
+    async stop() {
+      killGroup('SIGTERM');
+      await withTimeout(waitExit(), 10_000, 'server exit after SIGTERM').catch(() => killGroup('SIGKILL'));
+    },
+  };
+}
+
+export async function getJson(url, init) {
+  const res = await withTimeout(fetch(url, init), 10_000, `fetch ${url}`);
+  const text = await res.text();
+  let body;
+  try { body = JSON.parse(text); } catch { body = text; }
+  return { status: res.status, body, headers: res.headers };
+}
+
+/**
+ * A DoSQL shard as in the guide: connects with its headers, sends `connect`,
+ * sends cdc_batch messages and waits for the ack or nack of each sequence number.
+ */
+export class Shard {
+  constructor(wsUrl, { sourceDoId, shardName, path = '/ws', headers = {} } = {}) {
+    this.wsUrl = wsUrl;
+    this.path = path;
+    this.sourceDoId = sourceDoId ?? `do-${Math.random().toString(16).slice(2, 10)}`;
+    this.shardName = shardName ?? `shard-${this.sourceDoId.slice(0, 8)}`;
+    this.headers = headers;
+    this.cdcSequence = 0;
+    this.sequenceNumber = 0;
+    this.pending = new Map();
+    this.inbox = [];
+    this.waiters = [];
+    this.closed = null;
+  }
+
+  async open() {
+    const ws = new WebSocket(`${this.wsUrl}${this.path}`, {
+      headers: { 'X-Client-ID': this.sourceDoId, 'X-Shard-Name': this.shardName, ...this.headers },
+    });
+    this.ws = ws;
+    this.closed = new Promise((resolve) => ws.on('close', (code, reason) => resolve({ code, reason: reason.toString() })));
+    ws.on('message', (data, isBinary) => this.#receive(isBinary ? data : data.toString()));
+    await withTimeout(new Promise((resolve, reject) => {
+      ws.once('open', resolve);
+      ws.once('error', reject);
+      ws.once('unexpected-response', (_req, res) => reject(new Error(`upgrade refused: ${res.statusCode}`)));
+    }), 10_000, 'WebSocket open');
+    return this;
+  }
+
+  #receive(text) {
+    let msg;
+    try { msg = JSON.parse(text); } catch { msg = { type: 'raw', text }; }
+    if ((msg.type === 'ack' || msg.type === 'nack') && this.pending.has(msg.sequenceNumber)) {
+      const resolve = this.pending.get(msg.sequenceNumber);
+      this.pending.delete(msg.sequenceNumber);
+      resolve(msg);
+      return;
+    }
+    const i = this.waiters.findIndex((w) => w.match(msg));
+    if (i >= 0) {
+      const [w] = this.waiters.splice(i, 1);
+      w.resolve(msg);
+    } else {
+      this.inbox.push(msg);
+    }
+  }
+
+  /** The next message (not an expected ack) for which `match` is true. */
+  next(match = () => true, ms = 10_000) {
+    const i = this.inbox.findIndex(match);
+    if (i >= 0) return Promise.resolve(this.inbox.splice(i, 1)[0]);
+    return withTimeout(new Promise((resolve) => this.waiters.push({ match, resolve })), ms, 'a message from DoLake');
+  }
+
+  sendRaw(data) {
+    this.ws.send(data);
+  }
+
+  async connect() {
+    this.sendRaw(JSON.stringify({
+      type: 'connect',
+      timestamp: Date.now(),
+      sourceDoId: this.sourceDoId,
+      sourceShardName: this.shardName,
+      lastAckSequence: this.sequenceNumber - 1,
+      protocolVersion: 1,
+      capabilities: { binaryProtocol: false, compression: false, batching: true, maxBatchSize: 1000, maxMessageSize: 4 * 1024 * 1024 },
+    }));
+    return this.next((m) => m.type === 'status');
+  }
+
+  /** Builds change events: `count` events over `tables`, a mix of operations. */
+  makeEvents(count, tables = ['users']) {
+    const events = [];
+    for (let i = 0; i < count; i++) {
+      const sequence = this.cdcSequence++;
+      const table = tables[sequence % tables.length];
+      const rowId = `${this.sourceDoId}-${sequence}`;
+      const row = { id: rowId, n: sequence, name: `name-${sequence}`, score: sequence / 4, active: sequence % 2 === 0 };
+      const op = sequence % 5 === 3 ? 'UPDATE' : sequence % 5 === 4 ? 'DELETE' : 'INSERT';
+      const event = { sequence, timestamp: Date.now(), operation: op, table, rowId };
+      if (op !== 'DELETE') event.after = row;
+      if (op !== 'INSERT') event.before = { ...row, n: row.n - 1 };
+      events.push(event);
+    }
+    return events;
+  }
+
+  batchMessage(events, sequenceNumber = this.sequenceNumber++, extra = {}) {
+    return {
+      type: 'cdc_batch',
+      timestamp: Date.now(),
+      correlationId: `corr-${this.sourceDoId}-${sequenceNumber}`,
+      sourceDoId: this.sourceDoId,
+      sourceShardName: this.shardName,
+      events,
+      sequenceNumber,
+      firstEventSequence: events[0]?.sequence,
+      lastEventSequence: events.at(-1)?.sequence,
+      sizeBytes: JSON.stringify(events).length,
+      isRetry: false,
+      retryCount: 0,
+      ...extra,
+    };
+  }
+
+  /** Sends a batch message and resolves with its ack or nack. */
+  send(message, ms = 15_000) {
+    const reply = new Promise((resolve) => this.pending.set(message.sequenceNumber, resolve));
+    this.sendRaw(JSON.stringify(message));
+    return withTimeout(reply, ms, `reply to batch ${message.sequenceNumber}`);
+  }
+
+  async close() {
+    if (this.ws && this.ws.readyState === WebSocket.OPEN) {
+      this.ws.close(1000, 'test done');
+      await withTimeout(this.closed, 5_000, 'close').catch(() => this.ws.terminate());
+    }
+  }
+}
