@@ -15,7 +15,7 @@ export AR_wasm32_unknown_unknown := llvm-ar
 
 DEV_PORT ?= 8787
 
-.PHONY: setup build build-test dev test test-native test-e2e lint clean
+.PHONY: setup build build-test dev test test-native test-readers test-e2e lint clean
 
 setup:
 	@bash scripts/setup.sh
@@ -32,16 +32,20 @@ build-test: setup
 dev: build
 	wrangler dev --ip 127.0.0.1 --port $(DEV_PORT) --persist-to .wrangler/state
 
-## Every test suite.
-test: setup test-native test-e2e
+## Every test suite (lint first: fmt and clippy for native and wasm32).
+test: setup lint test-native test-readers test-e2e
 
 test-native:
 	cargo test --all-targets
 
+## The lake writer's tables read back by iceberg-rust, pyiceberg and DuckDB.
+test-readers:
+	bash tests/readers/run.sh
+
 test-e2e: build-test
 	node --test --test-concurrency=1 tests/e2e/
 
-lint: setup
+lint:
 	cargo fmt --all -- --check
 	cargo clippy --all-targets -- -D warnings
 	cargo clippy --lib --target wasm32-unknown-unknown -- -D warnings
