@@ -11,6 +11,7 @@
 //! - [`protocol`]: the JSON wire protocol (messages, decoding, encoding).
 //! - [`intake`]: admission of CDC batches: dedup, buffer accounting, acks.
 //! - [`lake`]: Parquet encoding and Iceberg metadata for a commit.
+//! - [`flush`]: when to flush and what one flush step commits.
 //! - `adapter` (wasm32 only): the Worker entry point and the `DoLake` Durable
 //!   Object, which performs what the core decides (sockets, storage, R2, alarms).
 //!
@@ -19,6 +20,7 @@
 
 pub mod config;
 pub mod error;
+pub mod flush;
 pub mod intake;
 pub mod lake;
 pub mod protocol;

@@ -3,9 +3,6 @@
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 
-/// Longest accepted table name, in bytes.
-pub const MAX_TABLE_NAME_BYTES: usize = 128;
-
 /// The operation of a change event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Operation {
@@ -355,26 +352,11 @@ fn validate_batch(batch: &CdcBatchMessage) -> Result<(), String> {
 }
 
 /// A table name becomes one segment of an object key and an Iceberg
-/// identifier, so it must not be able to leave its place in the bucket.
+/// identifier, so it must not be able to leave its place in the bucket. The
+/// lake's rule is the rule: what intake accepts, a flush can always write.
 pub(crate) fn validate_table_name(name: &str) -> Result<(), String> {
-    if name.is_empty() {
-        return Err("`table` must not be empty".into());
-    }
-    if name.len() > MAX_TABLE_NAME_BYTES {
-        return Err(format!(
-            "`table` is {} bytes long; at most {MAX_TABLE_NAME_BYTES} are allowed",
-            name.len()
-        ));
-    }
-    if name == "." || name == ".." || name.contains('/') || name.contains('\\') {
-        return Err(format!(
-            "`table` {name:?} must not be `.`, `..` or contain a path separator"
-        ));
-    }
-    if name.chars().any(char::is_control) {
-        return Err("`table` must not contain control characters".into());
-    }
-    Ok(())
+    crate::lake::validate_name("table", name)
+        .map_err(|e| e.message().replace("table name", "`table`"))
 }
 
 #[cfg(test)]
@@ -439,7 +421,7 @@ mod tests {
                 batch_json(
                     r#"[{"sequence":0,"timestamp":1,"operation":"INSERT","table":"../x","rowId":"r","after":{}}]"#,
                 ),
-                "path separator",
+                "must not contain `/`",
             ),
             (
                 batch_json(

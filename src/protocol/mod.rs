@@ -13,7 +13,6 @@ pub use client::sniff_sequence_number;
 pub use client::{
     decode_client_message, Capabilities, CdcBatchMessage, CdcEvent, ClientMessage, ConnectMessage,
     DecodeError, DisconnectMessage, FlushRequestMessage, HeartbeatMessage, Operation,
-    MAX_TABLE_NAME_BYTES,
 };
 pub use server::{
     AckDetails, AckMessage, AckStatus, BufferSnapshot, FlushResponseMessage, FlushResult,

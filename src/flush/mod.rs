@@ -1,0 +1,296 @@
+//! When to flush, and what one flush step commits (sans-IO).
+//!
+//! [`FlushSchedule`] decides from the buffer totals and the flush history
+//! whether a flush is due and when the alarm must next fire. [`plan_step`]
+//! takes the oldest buffered batches (a bounded chunk, so a flush fits the
+//! isolate's memory) and groups their events by table, leaving out what each
+//! table already committed.
+//!
+//! Exactly-once across crashes rests on buffer row ids: the buffer gives every
+//! stored batch an id that only grows (SQLite AUTOINCREMENT) within one
+//! buffer *epoch* (a uuid drawn when the storage is created). Each commit to a
+//! table records in its snapshot summary `dolake.buffer.{epoch}.row-id`, the
+//! highest row id whose events it holds; flushes take batches in id order, so
+//! everything at or below that mark is in the table. A flush that crashed after
+//! some tables committed finds their marks on the next attempt and skips those
+//! rows for those tables only. Per-source sequence numbers would not do: a
+//! batch acked late with a lower sequence number than one already committed
+//! must still be committed.
+
+use std::collections::BTreeMap;
+
+use crate::config::DoLakeConfig;
+use crate::error::{Error, Result};
+use crate::intake::BufferTotals;
+use crate::lake::{ChangeEvent, Op};
+use crate::protocol::{CdcEvent, Operation};
+
+/// Summary key prefix of the buffer marks.
+pub const SUMMARY_BUFFER_PREFIX: &str = "dolake.buffer.";
+/// Summary key suffix of the buffer marks.
+pub const SUMMARY_BUFFER_SUFFIX: &str = ".row-id";
+
+/// The summary key holding the mark of buffer `epoch`.
+pub fn buffer_mark_key(epoch: &str) -> String {
+    format!("{SUMMARY_BUFFER_PREFIX}{epoch}{SUMMARY_BUFFER_SUFFIX}")
+}
+
+/// The mark of buffer `epoch` in a snapshot summary: rows at or below it are
+/// committed to the table.
+pub fn buffer_mark(summary: &BTreeMap<String, String>, epoch: &str) -> Option<i64> {
+    summary
+        .get(&buffer_mark_key(epoch))
+        .and_then(|v| v.parse().ok())
+}
+
+/// Why a flush runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlushTrigger {
+    /// `flushThresholdEvents` reached.
+    Events,
+    /// `flushThresholdBytes` reached.
+    Bytes,
+    /// The oldest buffered batch is `flushThresholdMs` old.
+    Age,
+    /// `flushIntervalMs` passed since the last flush.
+    Interval,
+    /// A `flush_request` or `POST /flush`.
+    Request,
+    /// A failed flush is retried.
+    Retry,
+}
+
+impl FlushTrigger {
+    /// Name for logs and status.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FlushTrigger::Events => "events",
+            FlushTrigger::Bytes => "bytes",
+            FlushTrigger::Age => "age",
+            FlushTrigger::Interval => "interval",
+            FlushTrigger::Request => "request",
+            FlushTrigger::Retry => "retry",
+        }
+    }
+}
+
+/// Flush history, persisted so that the schedule survives restarts.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct FlushHistory {
+    /// End of the last successful flush, Unix ms.
+    pub last_success_ms: Option<i64>,
+    /// Start of the last attempt, Unix ms.
+    pub last_attempt_ms: Option<i64>,
+    /// Failed attempts since the last success.
+    pub consecutive_failures: u32,
+    /// The last failure's message.
+    pub last_error: Option<String>,
+    /// Successful flushes.
+    pub flushes: u64,
+    /// Failed flushes.
+    pub failures: u64,
+    /// Events written to the lake.
+    pub events_flushed: u64,
+    /// Bytes written to R2.
+    pub bytes_written: u64,
+}
+
+/// First retry delay after a failed flush, ms; doubles up to [`MAX_BACKOFF_MS`].
+pub const FIRST_BACKOFF_MS: i64 = 1_000;
+/// Longest retry delay, ms.
+pub const MAX_BACKOFF_MS: i64 = 60_000;
+
+/// Decides when to flush.
+pub struct FlushSchedule<'a> {
+    config: &'a DoLakeConfig,
+}
+
+impl<'a> FlushSchedule<'a> {
+    /// The schedule of `config`.
+    pub fn new(config: &'a DoLakeConfig) -> Self {
+        Self { config }
+    }
+
+    /// The size or count threshold the buffer reached, if any.
+    pub fn threshold_reached(&self, totals: &BufferTotals) -> Option<FlushTrigger> {
+        if totals.events >= self.config.flush_threshold_events {
+            Some(FlushTrigger::Events)
+        } else if totals.bytes >= self.config.flush_threshold_bytes {
+            Some(FlushTrigger::Bytes)
+        } else {
+            None
+        }
+    }
+
+    /// Why a flush is due at `now`, if it is.
+    pub fn due(
+        &self,
+        now: i64,
+        totals: &BufferTotals,
+        history: &FlushHistory,
+    ) -> Option<FlushTrigger> {
+        if totals.batches == 0 {
+            return None;
+        }
+        if history.consecutive_failures > 0 {
+            return (now >= self.retry_at(history)).then_some(FlushTrigger::Retry);
+        }
+        if let Some(t) = self.threshold_reached(totals) {
+            return Some(t);
+        }
+        let oldest = totals.oldest_ms.unwrap_or(now);
+        if now >= oldest + self.config.flush_threshold_ms as i64 {
+            return Some(FlushTrigger::Age);
+        }
+        (now >= self.interval_at(totals, history)).then_some(FlushTrigger::Interval)
+    }
+
+    /// When the alarm must fire next; `None` (no alarm) when the buffer is empty.
+    pub fn next_alarm(
+        &self,
+        now: i64,
+        totals: &BufferTotals,
+        history: &FlushHistory,
+    ) -> Option<i64> {
+        if totals.batches == 0 {
+            return None;
+        }
+        if history.consecutive_failures > 0 {
+            return Some(self.retry_at(history).max(now));
+        }
+        if self.threshold_reached(totals).is_some() {
+            return Some(now);
+        }
+        let oldest = totals.oldest_ms.unwrap_or(now);
+        let age_at = oldest + self.config.flush_threshold_ms as i64;
+        Some(age_at.min(self.interval_at(totals, history)).max(now))
+    }
+
+    /// The interval counts from the last flush, or from the oldest buffered
+    /// batch when that is later (an idle DoLake does not flush at once).
+    fn interval_at(&self, totals: &BufferTotals, history: &FlushHistory) -> i64 {
+        let from = match (history.last_success_ms, totals.oldest_ms) {
+            (Some(last), Some(oldest)) => last.max(oldest),
+            (Some(last), None) => last,
+            (None, Some(oldest)) => oldest,
+            (None, None) => 0,
+        };
+        from + self.config.flush_interval_ms as i64
+    }
+
+    fn retry_at(&self, history: &FlushHistory) -> i64 {
+        let exponent = history.consecutive_failures.saturating_sub(1).min(16);
+        let delay = (FIRST_BACKOFF_MS << exponent).min(MAX_BACKOFF_MS);
+        history.last_attempt_ms.unwrap_or(0) + delay
+    }
+}
+
+/// A buffered batch as the flush sees it before loading its events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BufferedBatch {
+    /// Buffer row id.
+    pub row_id: i64,
+    /// Stored JSON bytes.
+    pub size_bytes: u64,
+}
+
+/// How many of `batches` (oldest first) one flush step takes: at least one,
+/// then as many as fit in `budget_bytes`.
+pub fn chunk_len(batches: &[BufferedBatch], budget_bytes: u64) -> usize {
+    let mut used = 0u64;
+    let mut n = 0;
+    for b in batches {
+        if n > 0 && used + b.size_bytes > budget_bytes {
+            break;
+        }
+        used += b.size_bytes;
+        n += 1;
+    }
+    n
+}
+
+/// A loaded batch: its row id, source and events.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoadedBatch {
+    /// Buffer row id.
+    pub row_id: i64,
+    /// The source.
+    pub source_id: String,
+    /// The batch's sequence number.
+    pub batch_seq: u64,
+    /// The stored events.
+    pub events: Vec<CdcEvent>,
+}
+
+/// What one table gets from a flush step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TableWork {
+    /// The events to commit, in buffer order.
+    pub events: Vec<ChangeEvent>,
+    /// The highest row id of the step (the mark to record).
+    pub mark: i64,
+    /// Rows skipped because the table already had them.
+    pub skipped_events: u64,
+}
+
+/// Groups a step's events by table. `committed(table)` gives the table's mark
+/// of this buffer epoch; rows at or below it are left out for that table.
+pub fn plan_step(
+    batches: &[LoadedBatch],
+    mut committed: impl FnMut(&str) -> Option<i64>,
+) -> BTreeMap<String, TableWork> {
+    let mark = batches.iter().map(|b| b.row_id).max().unwrap_or(0);
+    let mut marks: BTreeMap<String, Option<i64>> = BTreeMap::new();
+    let mut work: BTreeMap<String, TableWork> = BTreeMap::new();
+    for batch in batches {
+        for event in &batch.events {
+            let table_mark = *marks
+                .entry(event.table.clone())
+                .or_insert_with(|| committed(&event.table));
+            let entry = work
+                .entry(event.table.clone())
+                .or_insert_with(|| TableWork {
+                    events: Vec::new(),
+                    mark,
+                    skipped_events: 0,
+                });
+            if table_mark.is_some_and(|m| batch.row_id <= m) {
+                entry.skipped_events += 1;
+                continue;
+            }
+            entry
+                .events
+                .push(change_event(&batch.source_id, batch.batch_seq, event));
+        }
+    }
+    work
+}
+
+/// The lake writer's view of a protocol event.
+pub fn change_event(source_id: &str, batch_seq: u64, event: &CdcEvent) -> ChangeEvent {
+    ChangeEvent {
+        source_id: source_id.to_string(),
+        batch_seq,
+        sequence: event.sequence,
+        timestamp_ms: event.timestamp,
+        operation: match event.operation {
+            Operation::Insert => Op::Insert,
+            Operation::Update => Op::Update,
+            Operation::Delete => Op::Delete,
+        },
+        row_id: event.row_id.clone(),
+        before: event.before.clone(),
+        after: event.after.clone(),
+        metadata: event.metadata.clone(),
+    }
+}
+
+/// Parses the stored JSON of a batch's events.
+pub fn parse_payload(payload: &str) -> Result<Vec<CdcEvent>> {
+    serde_json::from_str(payload)
+        .map_err(|e| Error::storage(format!("a buffered batch could not be decoded: {e}")))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,149 @@
+use super::*;
+use serde_json::json;
+
+fn config(text: &str) -> DoLakeConfig {
+    DoLakeConfig::parse(Some(text)).unwrap()
+}
+
+fn totals(batches: u64, events: u64, bytes: u64, oldest: i64) -> BufferTotals {
+    BufferTotals {
+        batches,
+        events,
+        bytes,
+        oldest_ms: Some(oldest),
+        newest_ms: Some(oldest),
+    }
+}
+
+#[test]
+fn each_threshold_triggers_on_its_own() {
+    let c = config(
+        r#"{"flushThresholdEvents":100,"flushThresholdBytes":1000,"flushThresholdMs":5000,"flushIntervalMs":20000}"#,
+    );
+    let s = FlushSchedule::new(&c);
+    let h = FlushHistory::default();
+    assert_eq!(s.due(0, &BufferTotals::default(), &h), None);
+    assert_eq!(
+        s.next_alarm(0, &BufferTotals::default(), &h),
+        None,
+        "empty: no alarm"
+    );
+    assert_eq!(
+        s.due(10, &totals(1, 100, 10, 0), &h),
+        Some(FlushTrigger::Events)
+    );
+    assert_eq!(
+        s.due(10, &totals(1, 1, 1000, 0), &h),
+        Some(FlushTrigger::Bytes)
+    );
+    assert_eq!(s.next_alarm(10, &totals(1, 1, 1000, 0), &h), Some(10));
+    assert_eq!(s.due(4999, &totals(1, 1, 1, 0), &h), None);
+    assert_eq!(
+        s.due(5000, &totals(1, 1, 1, 0), &h),
+        Some(FlushTrigger::Age)
+    );
+    assert_eq!(s.next_alarm(10, &totals(1, 1, 1, 0), &h), Some(5000));
+}
+
+#[test]
+fn the_interval_fires_before_the_age_threshold_when_shorter() {
+    let c = config(r#"{"flushThresholdMs":60000,"flushIntervalMs":30000}"#);
+    let s = FlushSchedule::new(&c);
+    let h = FlushHistory {
+        last_success_ms: Some(1_000),
+        ..FlushHistory::default()
+    };
+    let t = totals(1, 1, 1, 2_000);
+    assert_eq!(s.next_alarm(2_000, &t, &h), Some(32_000));
+    assert_eq!(s.due(31_999, &t, &h), None);
+    assert_eq!(s.due(32_000, &t, &h), Some(FlushTrigger::Interval));
+}
+
+#[test]
+fn failures_back_off_exponentially() {
+    let c = config("{}");
+    let s = FlushSchedule::new(&c);
+    let t = totals(1, 1, 1, 0);
+    let mut h = FlushHistory {
+        last_attempt_ms: Some(100_000),
+        consecutive_failures: 1,
+        ..FlushHistory::default()
+    };
+    assert_eq!(s.next_alarm(100_000, &t, &h), Some(101_000));
+    assert_eq!(s.due(100_500, &t, &h), None);
+    assert_eq!(s.due(101_000, &t, &h), Some(FlushTrigger::Retry));
+    h.consecutive_failures = 3;
+    assert_eq!(s.next_alarm(100_000, &t, &h), Some(104_000));
+    h.consecutive_failures = 30;
+    assert_eq!(
+        s.next_alarm(100_000, &t, &h),
+        Some(100_000 + MAX_BACKOFF_MS)
+    );
+}
+
+#[test]
+fn chunks_are_bounded_but_never_empty() {
+    let b = |row_id, size_bytes| BufferedBatch { row_id, size_bytes };
+    assert_eq!(chunk_len(&[], 10), 0);
+    assert_eq!(chunk_len(&[b(1, 50)], 10), 1);
+    assert_eq!(chunk_len(&[b(1, 4), b(2, 4), b(3, 4)], 10), 2);
+    assert_eq!(chunk_len(&[b(1, 4), b(2, 4), b(3, 2)], 10), 3);
+}
+
+fn ev(seq: u64, table: &str) -> CdcEvent {
+    CdcEvent {
+        sequence: seq,
+        timestamp: 1_700_000_000_000,
+        operation: Operation::Insert,
+        table: table.into(),
+        row_id: format!("r{seq}"),
+        before: None,
+        after: json!({"id": seq}).as_object().cloned(),
+        metadata: None,
+    }
+}
+
+#[test]
+fn a_step_skips_per_table_what_that_table_committed() {
+    let batches = vec![
+        LoadedBatch {
+            row_id: 3,
+            source_id: "a".into(),
+            batch_seq: 0,
+            events: vec![ev(0, "users"), ev(1, "orders")],
+        },
+        LoadedBatch {
+            row_id: 4,
+            source_id: "a".into(),
+            batch_seq: 1,
+            events: vec![ev(2, "users"), ev(3, "orders")],
+        },
+    ];
+    // `users` committed row 3 in a flush that crashed before `orders`.
+    let work = plan_step(&batches, |t| (t == "users").then_some(3));
+    let users = &work["users"];
+    assert_eq!(
+        users.events.iter().map(|e| e.sequence).collect::<Vec<_>>(),
+        vec![2]
+    );
+    assert_eq!(users.skipped_events, 1);
+    assert_eq!(users.mark, 4);
+    let orders = &work["orders"];
+    assert_eq!(
+        orders.events.iter().map(|e| e.sequence).collect::<Vec<_>>(),
+        vec![1, 3]
+    );
+    assert_eq!(orders.events[0].source_id, "a");
+    assert_eq!(orders.events[1].batch_seq, 1);
+    // Everything committed: nothing left to write, but the table is listed.
+    let work = plan_step(&batches, |_| Some(4));
+    assert!(work.values().all(|w| w.events.is_empty()));
+}
+
+#[test]
+fn marks_round_trip_through_a_summary() {
+    let mut summary = BTreeMap::new();
+    summary.insert(buffer_mark_key("e1"), "42".to_string());
+    assert_eq!(buffer_mark(&summary, "e1"), Some(42));
+    assert_eq!(buffer_mark(&summary, "e2"), None);
+}
