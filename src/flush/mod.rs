@@ -25,8 +25,8 @@ use crate::intake::BufferTotals;
 use crate::lake::{ChangeEvent, Op};
 use crate::protocol::{CdcEvent, Operation};
 
-/// Summary key prefix of the buffer marks.
-pub const SUMMARY_BUFFER_PREFIX: &str = "dolake.buffer.";
+/// Summary key prefix of the buffer marks (carried forward by the lake writer).
+pub const SUMMARY_BUFFER_PREFIX: &str = crate::lake::commit::SUMMARY_MARK_PREFIX;
 /// Summary key suffix of the buffer marks.
 pub const SUMMARY_BUFFER_SUFFIX: &str = ".row-id";
 

@@ -147,3 +147,40 @@ fn marks_round_trip_through_a_summary() {
     assert_eq!(buffer_mark(&summary, "e1"), Some(42));
     assert_eq!(buffer_mark(&summary, "e2"), None);
 }
+
+#[test]
+fn commits_carry_every_buffer_mark_forward() {
+    use crate::lake::{plan_commit_with_marks, CommitIds, WriteOptions};
+    let config = DoLakeConfig::default();
+    let options = WriteOptions::from_config(&config, "users");
+    let ids = |n: u128| CommitIds {
+        snapshot_id: n as i64,
+        commit_uuid: uuid::Uuid::from_u128(n),
+        table_uuid: uuid::Uuid::from_u128(99),
+        now_ms: 1_700_000_000_000 + n as i64,
+    };
+    let events = vec![change_event("a", 0, &ev(0, "users"))];
+    let marks = |k: &str, v: i64| BTreeMap::from([(buffer_mark_key(k), v.to_string())]);
+    let first = plan_commit_with_marks(&events, None, &options, &ids(1), &marks("e1", 5)).unwrap();
+    let second = plan_commit_with_marks(
+        &events,
+        Some(&first.state),
+        &options,
+        &ids(2),
+        &marks("e2", 7),
+    )
+    .unwrap();
+    let third = plan_commit_with_marks(
+        &events,
+        Some(&second.state),
+        &options,
+        &ids(3),
+        &marks("e1", 9),
+    )
+    .unwrap();
+    let summary = &third.state.metadata.current_snapshot().unwrap().summary;
+    assert_eq!(buffer_mark(summary, "e1"), Some(9));
+    assert_eq!(buffer_mark(summary, "e2"), Some(7));
+    let bad = BTreeMap::from([("other".to_string(), "1".to_string())]);
+    assert!(plan_commit_with_marks(&events, None, &options, &ids(4), &bad).is_err());
+}

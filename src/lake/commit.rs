@@ -279,6 +279,28 @@ pub fn plan_commit(
     options: &WriteOptions,
     ids: &CommitIds,
 ) -> Result<Commit> {
+    plan_commit_with_marks(events, current, options, ids, &BTreeMap::new())
+}
+
+/// Summary key prefix of the caller's marks (see [`plan_commit_with_marks`]).
+pub const SUMMARY_MARK_PREFIX: &str = "dolake.buffer.";
+
+/// [`plan_commit`] that also records `marks` in the snapshot summary. Keys
+/// must start with [`SUMMARY_MARK_PREFIX`]; the previous snapshot's keys under
+/// that prefix are carried forward unless `marks` replaces them, so every
+/// snapshot holds every writer's latest mark.
+pub fn plan_commit_with_marks(
+    events: &[ChangeEvent],
+    current: Option<&TableState>,
+    options: &WriteOptions,
+    ids: &CommitIds,
+    marks: &BTreeMap<String, String>,
+) -> Result<Commit> {
+    if let Some(bad) = marks.keys().find(|k| !k.starts_with(SUMMARY_MARK_PREFIX)) {
+        return Err(Error::internal(format!(
+            "summary mark {bad:?} must start with {SUMMARY_MARK_PREFIX:?}"
+        )));
+    }
     let paths = TablePaths::new(&options.namespace, &options.table)?;
     if events.is_empty() {
         return Err(Error::internal("a commit needs at least one event"));
@@ -532,6 +554,13 @@ pub fn plan_commit(
             &format!("{SUMMARY_WATERMARK_PREFIX}{source}{SUMMARY_EVENT_SUFFIX}"),
             w.event_seq,
         );
+    }
+    for (k, v) in prev_summary
+        .iter()
+        .filter(|(k, _)| k.starts_with(SUMMARY_MARK_PREFIX))
+        .chain(marks)
+    {
+        summary.insert(k.clone(), v.clone());
     }
     summary.insert("operation".to_string(), "append".to_string());
 

@@ -30,8 +30,8 @@ pub mod table;
 pub use avro::{read_manifest_list, ManifestFile};
 pub use changelog::{ChangeEvent, Op};
 pub use commit::{
-    committed_watermarks, plan_commit, Commit, CommitIds, ObjectKind, PutObject, Watermark,
-    WriteOptions,
+    committed_watermarks, plan_commit, plan_commit_with_marks, Commit, CommitIds, ObjectKind,
+    PutObject, Watermark, WriteOptions,
 };
 pub use metadata::{parse_version_hint, TableMetadata};
 pub use table::{validate_name, TablePaths, TableState};
