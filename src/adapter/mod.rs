@@ -2,7 +2,9 @@
 //! routes to a DoLake instance, and the `DoLake` Durable Object, which performs
 //! what the core decides: WebSockets, SQLite storage, logs.
 
+mod flusher;
 mod object;
+mod r2;
 mod store;
 
 use worker::{event, Context, Env, Request, Response, Result};

@@ -1,6 +1,6 @@
 //! The `DoLake` Durable Object: hibernatable WebSockets in, durable buffer out.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 
 use serde::{Deserialize, Serialize};
 use worker::worker_sys::WebSocketRequestResponsePair;
@@ -10,13 +10,15 @@ use worker::{
 };
 
 use super::json_response;
+use super::r2::Lake;
 use super::store::Store;
 use crate::config::DoLakeConfig;
 use crate::error::{Error, ErrorKind};
+use crate::flush::{FlushHistory, FlushSchedule, FlushTrigger};
 use crate::intake::{self, Admission, Intake};
 use crate::protocol::{
-    decode_client_message, sniff_sequence_number, ClientMessage, FlushResponseMessage, FlushResult,
-    PongMessage, ServerMessage,
+    decode_client_message, sniff_sequence_number, ClientMessage, FlushResponseMessage, PongMessage,
+    ServerMessage,
 };
 
 /// What the object knows about one connection; kept in the socket's
@@ -36,8 +38,16 @@ struct Connection {
     last_message_at: Option<i64>,
 }
 
+/// What a text frame gets back.
+enum Reply {
+    /// Send this.
+    Send(ServerMessage),
+    /// Flush, then send the `flush_response` with this correlation id.
+    Flush(Option<String>),
+}
+
 /// The object's core, or why it could not start.
-enum Core {
+pub(super) enum Core {
     Ready(Box<Intake>),
     Failed(Error),
 }
@@ -45,18 +55,25 @@ enum Core {
 /// The DoLake Durable Object.
 #[durable_object]
 pub struct DoLake {
-    state: State,
-    store: Option<Store>,
-    core: RefCell<Core>,
+    pub(super) state: State,
+    pub(super) store: Option<Store>,
+    pub(super) core: RefCell<Core>,
+    pub(super) lake: Result<Lake, Error>,
+    /// This buffer's epoch (see `crate::flush`).
+    pub(super) epoch: String,
+    pub(super) history: RefCell<FlushHistory>,
+    pub(super) flush_running: Cell<bool>,
+    /// The alarm as last set by this instance (`None`: unknown or none).
+    pub(super) alarm_at: Cell<Option<i64>>,
     constructions: u64,
     constructed_at: i64,
 }
 
-fn now_ms() -> i64 {
+pub(super) fn now_ms() -> i64 {
     worker::Date::now().as_millis() as i64
 }
 
-fn log(level: &str, event: &str, fields: serde_json::Value) {
+pub(super) fn log(level: &str, event: &str, fields: serde_json::Value) {
     let mut line = serde_json::json!({"level": level, "event": event, "time": now_ms()});
     if let (Some(line), serde_json::Value::Object(fields)) = (line.as_object_mut(), fields) {
         line.extend(fields);
@@ -110,13 +127,58 @@ impl DurableObject for DoLake {
                 serde_json::json!({"error": e.message(), "kind": e.kind().as_str()}),
             ),
         }
+        let epoch = store
+            .as_ref()
+            .and_then(|s| s.epoch(|| uuid::Uuid::new_v4().simple().to_string()).ok())
+            .unwrap_or_default();
+        let history = store
+            .as_ref()
+            .and_then(|s| s.load_history().ok())
+            .unwrap_or_default();
+        let base_path = match &core {
+            Core::Ready(intake) => intake.config().r2_base_path.clone(),
+            Core::Failed(_) => String::new(),
+        };
+        let lake = env
+            .bucket("LAKEHOUSE_BUCKET")
+            .map(|bucket| Lake::new(bucket, &base_path))
+            .map_err(|e| {
+                Error::new(
+                    ErrorKind::Lake,
+                    format!("the R2 binding LAKEHOUSE_BUCKET is missing: {e}"),
+                )
+            });
         Self {
             state,
             store,
             core: RefCell::new(core),
+            lake,
+            epoch,
+            history: RefCell::new(history),
+            flush_running: Cell::new(false),
+            alarm_at: Cell::new(None),
             constructions,
             constructed_at,
         }
+    }
+
+    async fn alarm(&self) -> Result<Response> {
+        self.alarm_at.set(None);
+        let due = match &*self.core.borrow() {
+            Core::Ready(intake) => FlushSchedule::new(intake.config()).due(
+                now_ms(),
+                intake.buffer(),
+                &self.history.borrow(),
+            ),
+            Core::Failed(_) => None,
+        };
+        match due {
+            Some(trigger) => {
+                self.flush(trigger).await;
+            }
+            None => self.rearm().await,
+        }
+        Response::ok("")
     }
 
     async fn fetch(&self, req: Request) -> Result<Response> {
@@ -135,7 +197,7 @@ impl DurableObject for DoLake {
             )),
             ("/status", Method::Get) => self.status(),
             ("/health", Method::Get) => self.health(),
-            ("/flush", Method::Post) => self.flush_http(),
+            ("/flush", Method::Post) => self.flush_http().await,
             ("/status" | "/health", _) => error_response(&Error::new(
                 ErrorKind::MethodNotAllowed,
                 format!("{path} answers GET only"),
@@ -168,7 +230,22 @@ impl DurableObject for DoLake {
         conn.messages += 1;
         conn.last_message_at = Some(now);
         let (reply, close) = match message {
-            WebSocketIncomingMessage::String(text) => self.handle_text(now, &mut conn, &text),
+            WebSocketIncomingMessage::String(text) => {
+                let (reply, close) = self.handle_text(now, &mut conn, &text);
+                match reply {
+                    Some(Reply::Flush(correlation_id)) => {
+                        let result = self.flush(FlushTrigger::Request).await;
+                        let reply = ServerMessage::FlushResponse(FlushResponseMessage {
+                            timestamp: now_ms(),
+                            correlation_id,
+                            result,
+                        });
+                        (Some(reply), close)
+                    }
+                    Some(Reply::Send(m)) => (Some(m), close),
+                    None => (None, close),
+                }
+            }
             WebSocketIncomingMessage::Binary(bytes) => {
                 let error = Error::invalid(format!(
                     "binary frames are not supported ({} bytes received); send JSON text frames",
@@ -177,6 +254,7 @@ impl DurableObject for DoLake {
                 (Some(self.refuse(now, &conn, None, None, &error)), false)
             }
         };
+        let stored = matches!(&reply, Some(ServerMessage::Ack(a)) if a.status != crate::protocol::AckStatus::Duplicate);
         if let Some(reply) = reply {
             match &reply {
                 ServerMessage::Ack(_) => conn.acks += 1,
@@ -200,6 +278,9 @@ impl DurableObject for DoLake {
         }
         if close {
             ws.close(Some(1000), Some("disconnect"))?;
+        }
+        if stored {
+            self.ensure_alarm().await;
         }
         Ok(())
     }
@@ -270,12 +351,7 @@ impl DoLake {
     }
 
     /// Handles one text frame; returns the reply and whether to close.
-    fn handle_text(
-        &self,
-        now: i64,
-        conn: &mut Connection,
-        text: &str,
-    ) -> (Option<ServerMessage>, bool) {
+    fn handle_text(&self, now: i64, conn: &mut Connection, text: &str) -> (Option<Reply>, bool) {
         if text == "ping" {
             // Normally answered by the auto-response; kept for completeness.
             return (None, false);
@@ -284,16 +360,8 @@ impl DoLake {
             Core::Ready(intake) => intake.config().rate_limit.max_payload_size,
             Core::Failed(e) => {
                 let e = Error::internal(format!("DoLake failed to start: {}", e.message()));
-                return (
-                    Some(intake::nack(
-                        now,
-                        &e,
-                        sniff_sequence_number(text),
-                        None,
-                        None,
-                    )),
-                    false,
-                );
+                let nack = intake::nack(now, &e, sniff_sequence_number(text), None, None);
+                return (Some(Reply::Send(nack)), false);
             }
         };
         if text.len() as u64 > max_payload {
@@ -311,14 +379,14 @@ impl DoLake {
                 None,
                 Some(max_payload),
             );
-            return (Some(nack), false);
+            return (Some(Reply::Send(nack)), false);
         }
         let message = match decode_client_message(text) {
             Ok(m) => m,
             Err(e) => {
                 let error = Error::invalid(e.message);
                 let reply = self.refuse(now, conn, e.sequence_number, e.correlation_id, &error);
-                return (Some(reply), false);
+                return (Some(Reply::Send(reply)), false);
             }
         };
         match message {
@@ -356,13 +424,13 @@ impl DoLake {
                     "source_connected",
                     serde_json::json!({"sourceDoId": m.source_do_id, "shardName": conn.shard_name}),
                 );
-                (reply, false)
+                (reply.map(Reply::Send), false)
             }
             ClientMessage::CdcBatch(batch) => {
                 if conn.source_id.is_none() {
                     conn.source_id = Some(batch.source_do_id.clone());
                 }
-                (self.handle_batch(now, batch), false)
+                (self.handle_batch(now, batch).map(Reply::Send), false)
             }
             ClientMessage::Heartbeat(h) => {
                 if let Some(source) = h.source_do_id.as_deref().or(conn.source_id.as_deref()) {
@@ -375,17 +443,9 @@ impl DoLake {
                     correlation_id: h.correlation_id,
                     server_time: now,
                 });
-                (Some(pong), false)
+                (Some(Reply::Send(pong)), false)
             }
-            ClientMessage::FlushRequest(f) => {
-                let result = self.flush_result();
-                let reply = ServerMessage::FlushResponse(FlushResponseMessage {
-                    timestamp: now,
-                    correlation_id: f.correlation_id,
-                    result,
-                });
-                (Some(reply), false)
-            }
+            ClientMessage::FlushRequest(f) => (Some(Reply::Flush(f.correlation_id)), false),
             ClientMessage::Disconnect(_) => (None, true),
         }
     }
@@ -479,27 +539,9 @@ impl DoLake {
         ids.len() as u64
     }
 
-    /// Flushing to the lake is not part of this version: say so, and say what
-    /// stays buffered.
-    fn flush_result(&self) -> FlushResult {
-        let (batches, events) = match &*self.core.borrow() {
-            Core::Ready(intake) => (intake.buffer().batches, intake.buffer().events),
-            Core::Failed(_) => (0, 0),
-        };
-        FlushResult {
-            success: batches == 0,
-            error: (batches > 0).then(|| {
-                format!(
-                    "flushing to the lake is not implemented yet; {events} events in {batches} batches stay durably buffered"
-                )
-            }),
-            ..FlushResult::default()
-        }
-    }
-
-    fn flush_http(&self) -> Result<Response> {
-        let result = self.flush_result();
-        let status = if result.success { 200 } else { 501 };
+    async fn flush_http(&self) -> Result<Response> {
+        let result = self.flush(FlushTrigger::Request).await;
+        let status = if result.success { 200 } else { 503 };
         json_response(&serde_json::to_value(&result)?, status)
     }
 
@@ -545,9 +587,13 @@ impl DoLake {
                     "sourceStates": sources,
                     "dedupStats": intake.dedup_stats(now),
                     "connections": connections,
-                    "lastFlushTime": null,
-                    "nextFlushTime": null,
-                    "flushing": {"implemented": false},
+                    "lastFlushTime": self.history.borrow().last_success_ms,
+                    "nextFlushTime": self.alarm_at.get(),
+                    "flush": {
+                        "running": self.flush_running.get(),
+                        "history": serde_json::to_value(&*self.history.borrow()).unwrap_or_default(),
+                        "epoch": self.epoch,
+                    },
                     "config": intake.config().to_json(),
                     "instance": instance,
                 })

@@ -18,6 +18,7 @@ use worker::wasm_bindgen::{JsCast, JsValue};
 use worker::{SqlStorage, SqlStorageValue, Storage};
 
 use crate::error::{Error, Result};
+use crate::flush::{parse_payload, BufferedBatch, FlushHistory, LoadedBatch};
 use crate::intake::{BufferTotals, SourceState, StorePlan};
 
 /// Largest piece of a batch's JSON in one row.
@@ -76,6 +77,25 @@ struct ValueRow {
     value: String,
 }
 
+#[derive(Deserialize)]
+struct BatchSizeRow {
+    id: i64,
+    size_bytes: i64,
+}
+
+#[derive(Deserialize)]
+struct BatchRow {
+    id: i64,
+    source_id: String,
+    batch_seq: String,
+}
+
+#[derive(Deserialize)]
+struct ChunkRow {
+    batch_id: i64,
+    data: String,
+}
+
 impl Store {
     /// Opens the storage, creating the tables on first use.
     pub fn open(storage: Storage) -> Result<Self> {
@@ -102,6 +122,122 @@ impl Store {
             .and_then(|c| c.to_array())
             .map_err(|e| storage_error("reading constructions", e))?;
         Ok(rows.first().and_then(|r| r.value.parse().ok()).unwrap_or(1))
+    }
+
+    /// A meta value.
+    fn meta(&self, key: &str) -> Result<Option<String>> {
+        let rows: Vec<ValueRow> = self
+            .sql
+            .exec("SELECT value FROM meta WHERE key = ?", vec![key.into()])
+            .and_then(|c| c.to_array())
+            .map_err(|e| storage_error("reading meta", e))?;
+        Ok(rows.into_iter().next().map(|r| r.value))
+    }
+
+    fn set_meta(&self, key: &str, value: &str) -> Result<()> {
+        self.sql
+            .exec(
+                "INSERT INTO meta (key, value) VALUES (?, ?)
+                 ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                vec![key.into(), value.into()],
+            )
+            .map(|_| ())
+            .map_err(|e| storage_error("writing meta", e))
+    }
+
+    /// The buffer's epoch: drawn once when the storage is created, it tells
+    /// this buffer's row ids apart from any other's in the tables' marks.
+    pub fn epoch(&self, fresh: impl FnOnce() -> String) -> Result<String> {
+        if let Some(epoch) = self.meta("epoch")? {
+            return Ok(epoch);
+        }
+        let epoch = fresh();
+        self.set_meta("epoch", &epoch)?;
+        Ok(epoch)
+    }
+
+    /// The flush history.
+    pub fn load_history(&self) -> Result<FlushHistory> {
+        match self.meta("flush_history")? {
+            Some(text) => serde_json::from_str(&text)
+                .map_err(|e| storage_error("decoding the flush history", e)),
+            None => Ok(FlushHistory::default()),
+        }
+    }
+
+    /// Writes the flush history.
+    pub fn save_history(&self, history: &FlushHistory) -> Result<()> {
+        let text = serde_json::to_string(history)
+            .map_err(|e| storage_error("encoding the flush history", e))?;
+        self.set_meta("flush_history", &text)
+    }
+
+    /// The oldest buffered batches (id and size), at most `limit`.
+    pub fn list_batches(&self, limit: u32) -> Result<Vec<BufferedBatch>> {
+        let rows: Vec<BatchSizeRow> = self
+            .sql
+            .exec(
+                "SELECT id, size_bytes FROM batches ORDER BY id LIMIT ?",
+                vec![(limit as i64).into()],
+            )
+            .and_then(|c| c.to_array())
+            .map_err(|e| storage_error("listing batches", e))?;
+        Ok(rows
+            .into_iter()
+            .map(|r| BufferedBatch {
+                row_id: r.id,
+                size_bytes: r.size_bytes as u64,
+            })
+            .collect())
+    }
+
+    /// The batches with ids in `first..=last`, with their events.
+    pub fn load_batches(&self, first: i64, last: i64) -> Result<Vec<LoadedBatch>> {
+        let rows: Vec<BatchRow> = self
+            .sql
+            .exec(
+                "SELECT id, source_id, batch_seq FROM batches WHERE id BETWEEN ? AND ? ORDER BY id",
+                vec![first.into(), last.into()],
+            )
+            .and_then(|c| c.to_array())
+            .map_err(|e| storage_error("reading batches", e))?;
+        let chunks: Vec<ChunkRow> = self
+            .sql
+            .exec(
+                "SELECT batch_id, data FROM batch_chunks WHERE batch_id BETWEEN ? AND ?
+                 ORDER BY batch_id, idx",
+                vec![first.into(), last.into()],
+            )
+            .and_then(|c| c.to_array())
+            .map_err(|e| storage_error("reading batch chunks", e))?;
+        let mut chunks = chunks.into_iter().peekable();
+        let mut batches = Vec::with_capacity(rows.len());
+        for row in rows {
+            let mut payload = String::new();
+            while let Some(chunk) = chunks.next_if(|c| c.batch_id <= row.id) {
+                if chunk.batch_id == row.id {
+                    payload.push_str(&chunk.data);
+                }
+            }
+            batches.push(LoadedBatch {
+                row_id: row.id,
+                source_id: row.source_id,
+                batch_seq: row.batch_seq.parse().unwrap_or_default(),
+                events: parse_payload(&payload)?,
+            });
+        }
+        Ok(batches)
+    }
+
+    /// Removes the batches with ids up to `last` (committed to every table).
+    pub fn delete_batches(&self, last: i64) -> Result<()> {
+        self.transaction(vec![
+            (
+                "DELETE FROM batch_chunks WHERE batch_id <= ?",
+                vec![last.into()],
+            ),
+            ("DELETE FROM batches WHERE id <= ?", vec![last.into()]),
+        ])
     }
 
     /// Every known source.
