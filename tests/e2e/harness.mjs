@@ -2,7 +2,7 @@
 // a real WebSocket client that behaves like the integration guide's DoSQL.
 // Every wait has a timeout; every server is killed when its test ends.
 import { spawn } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -52,13 +52,13 @@ export async function startDoLake({ stateDir, config, port } = {}) {
     child.stdout.on('data', (d) => {
       out += d;
       for (const line of d.toString().split('\n')) if (line.trim()) logs.push(line);
-      const m = out.match(/READY (\S+)/);
-      if (m) resolve(m[1]);
+      const m = out.match(/READY (\S+) (\S+)/);
+      if (m) resolve([m[1], m[2]]);
     });
     child.stderr.on('data', (d) => logs.push(...d.toString().split('\n').filter((l) => l.trim())));
     child.on('exit', (code) => reject(new Error(`server exited early (${code}): ${logs.slice(-20).join('\n')}`)));
   });
-  const href = await withTimeout(ready, 30_000, 'DoLake server start');
+  const [href, inspector] = await withTimeout(ready, 30_000, 'DoLake server start');
   const url = href.replace(/\/$/, '');
   const killGroup = (signal) => {
     try { process.kill(-child.pid, signal); } catch { /* already gone */ }
@@ -67,6 +67,7 @@ export async function startDoLake({ stateDir, config, port } = {}) {
   return {
     url,
     wsUrl: url.replace(/^http/, 'ws'),
+    inspector,
     logs,
     /** Crash: SIGKILL node and workerd at once. */
     async kill() {
@@ -213,4 +214,48 @@ export class Shard {
       await withTimeout(this.closed, 5_000, 'close').catch(() => this.ws.terminate());
     }
   }
+}
+
+/** Copies every R2 object under `prefix/` to `dir` (keys relative to the prefix). */
+export async function exportLake(server, dir, prefix = 'warehouse') {
+  const { body: keys } = await getJson(`${server.inspector}/list`);
+  let count = 0;
+  for (const key of keys) {
+    if (!key.startsWith(`${prefix}/`)) continue;
+    const res = await withTimeout(fetch(`${server.inspector}/get?key=${encodeURIComponent(key)}`), 10_000, `get ${key}`);
+    if (res.status !== 200) throw new Error(`cannot read ${key}: ${res.status}`);
+    const file = path.join(dir, key.slice(prefix.length + 1));
+    mkdirSync(path.dirname(file), { recursive: true });
+    writeFileSync(file, Buffer.from(await res.arrayBuffer()));
+    count++;
+  }
+  return { keys, count };
+}
+
+/** Polls `check` every 200 ms until it returns a truthy value or `ms` pass. */
+export async function waitFor(check, ms, what) {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const value = await check();
+    if (value) return value;
+    if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
+    await sleep(200);
+  }
+}
+
+const root = path.resolve(here, '../..');
+
+/** Runs tests/e2e/verify_lake.py (pyiceberg + DuckDB) on an exported lake. */
+export function verifyLake({ warehouse, namespace = 'default', events }) {
+  const expected = path.join(warehouse, '..', 'expected.jsonl');
+  writeFileSync(expected, events.map((e) => JSON.stringify(e)).join('\n') + '\n');
+  const python = path.join(root, '.tools/venv/bin/python');
+  return new Promise((resolve, reject) => {
+    const child = spawn(python, [path.join(here, 'verify_lake.py'), '--warehouse', warehouse, '--namespace', namespace, '--expected', expected], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    child.stdout.on('data', (d) => { out += d; });
+    child.stderr.on('data', (d) => { out += d; });
+    const timer = setTimeout(() => { child.kill('SIGKILL'); reject(new Error(`verify_lake timed out:\n${out}`)); }, 180_000);
+    child.on('exit', (code) => { clearTimeout(timer); resolve({ code, out }); });
+  });
 }

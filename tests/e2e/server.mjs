@@ -3,6 +3,7 @@
 // answers. Started by harness.mjs in its own process group so that tests can
 // SIGKILL the whole runtime (node and workerd) to simulate a crash.
 import { Miniflare } from 'miniflare';
+import http from 'node:http';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -32,7 +33,34 @@ const mf = new Miniflare({
   kvPersist: path.join(stateDir, 'kv'),
 });
 const url = await mf.ready;
-process.stdout.write(`READY ${url.href}\n`);
+
+// Test-only view of the local R2 bucket, on loopback: GET /list, GET /get?key=.
+const bucket = await mf.getR2Bucket('LAKEHOUSE_BUCKET');
+const inspector = http.createServer(async (req, res) => {
+  try {
+    const u = new URL(req.url, 'http://127.0.0.1');
+    if (u.pathname === '/list') {
+      const keys = [];
+      let cursor;
+      do {
+        const page = await bucket.list({ cursor, limit: 1000 });
+        keys.push(...page.objects.map((o) => o.key));
+        cursor = page.truncated ? page.cursor : undefined;
+      } while (cursor);
+      res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(keys));
+    } else if (u.pathname === '/get') {
+      const object = await bucket.get(u.searchParams.get('key'));
+      if (!object) return res.writeHead(404).end();
+      res.writeHead(200).end(Buffer.from(await object.arrayBuffer()));
+    } else {
+      res.writeHead(404).end();
+    }
+  } catch (e) {
+    res.writeHead(500).end(String(e));
+  }
+});
+await new Promise((resolve) => inspector.listen(0, '127.0.0.1', resolve));
+process.stdout.write(`READY ${url.href} http://127.0.0.1:${inspector.address().port}\n`);
 
 const stop = async () => {
   await mf.dispose().catch(() => {});
