@@ -48,6 +48,10 @@ impl DoLake {
                 ..FlushResult::default()
             };
         }
+        let used_fallback = match &*self.core.borrow() {
+            Core::Ready(intake) => intake.buffer().bytes > intake.config().max_buffer_size,
+            Core::Failed(_) => false,
+        };
         let outcome = self.flush_steps(start).await;
         self.flush_running.set(false);
         let end = now_ms();
@@ -61,6 +65,7 @@ impl DoLake {
             }
         };
         result.duration_ms = (end - start).max(0) as u64;
+        result.used_fallback = used_fallback;
         if result.error.is_none() {
             result.success = true;
         }
@@ -88,6 +93,9 @@ impl DoLake {
                     );
                 }
             }
+        }
+        if let Core::Ready(intake) = &mut *self.core.borrow_mut() {
+            intake.set_lake_failing(!result.success);
         }
         log(
             if result.success { "info" } else { "error" },

@@ -65,6 +65,8 @@ pub struct DoLake {
     pub(super) flush_running: Cell<bool>,
     /// The alarm as last set by this instance (`None`: unknown or none).
     pub(super) alarm_at: Cell<Option<i64>>,
+    /// `DOLAKE_TEST_HOOKS=1`: failure injection at `POST /lakehouse/_test/faults`.
+    test_hooks: bool,
     constructions: u64,
     constructed_at: i64,
 }
@@ -135,6 +137,10 @@ impl DurableObject for DoLake {
             .as_ref()
             .and_then(|s| s.load_history().ok())
             .unwrap_or_default();
+        let mut core = core;
+        if let Core::Ready(intake) = &mut core {
+            intake.set_lake_failing(history.consecutive_failures > 0);
+        }
         let base_path = match &core {
             Core::Ready(intake) => intake.config().r2_base_path.clone(),
             Core::Failed(_) => String::new(),
@@ -157,6 +163,9 @@ impl DurableObject for DoLake {
             history: RefCell::new(history),
             flush_running: Cell::new(false),
             alarm_at: Cell::new(None),
+            test_hooks: env
+                .var("DOLAKE_TEST_HOOKS")
+                .is_ok_and(|v| v.to_string() == "1"),
             constructions,
             constructed_at,
         }
@@ -198,6 +207,7 @@ impl DurableObject for DoLake {
             ("/status", Method::Get) => self.status(),
             ("/health", Method::Get) => self.health(),
             ("/flush", Method::Post) => self.flush_http().await,
+            ("/_test/faults", Method::Post) if self.test_hooks => self.set_faults(req).await,
             ("/status" | "/health", _) => error_response(&Error::new(
                 ErrorKind::MethodNotAllowed,
                 format!("{path} answers GET only"),
@@ -537,6 +547,21 @@ impl DoLake {
         ids.sort();
         ids.dedup();
         ids.len() as u64
+    }
+
+    async fn set_faults(&self, mut req: Request) -> Result<Response> {
+        let text = req.text().await?;
+        let plan = match serde_json::from_str::<crate::flush::faults::FaultPlan>(&text) {
+            Ok(plan) => plan,
+            Err(e) => return error_response(&Error::invalid(format!("fault plan: {e}"))),
+        };
+        match &self.lake {
+            Ok(lake) => {
+                *lake.faults.borrow_mut() = plan;
+                json_response(&serde_json::json!({"ok": true}), 200)
+            }
+            Err(e) => error_response(e),
+        }
     }
 
     async fn flush_http(&self) -> Result<Response> {

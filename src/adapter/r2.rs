@@ -1,9 +1,12 @@
 //! The lake in R2: reading a table's current state and putting a commit's
 //! objects, the metadata file only if absent.
 
+use std::cell::RefCell;
+
 use worker::{Bucket, Conditional};
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::flush::faults::{CommitStep, FaultPlan};
 use crate::lake::{ObjectKind, PutObject, TablePaths, TableState};
 
 fn lake_error(what: &str, e: impl std::fmt::Display) -> Error {
@@ -14,6 +17,8 @@ fn lake_error(what: &str, e: impl std::fmt::Display) -> Error {
 pub struct Lake {
     bucket: Bucket,
     base: String,
+    /// Injected failures (tests only; empty otherwise).
+    pub faults: RefCell<FaultPlan>,
 }
 
 /// The outcome of putting a commit.
@@ -30,6 +35,7 @@ impl Lake {
         Self {
             bucket,
             base: base.trim_matches('/').to_string(),
+            faults: RefCell::new(FaultPlan::default()),
         }
     }
 
@@ -107,8 +113,16 @@ impl Lake {
     pub async fn put_commit(&self, puts: Vec<PutObject>) -> Result<PutOutcome> {
         let mut bytes = 0u64;
         let mut keys = Vec::with_capacity(puts.len());
-        for put in puts {
+        let kinds: Vec<ObjectKind> = puts.iter().map(|p| p.kind).collect();
+        for (i, put) in puts.into_iter().enumerate() {
             let full = self.full_key(&put.key);
+            let injected = self
+                .faults
+                .borrow_mut()
+                .before_put(&full, worker::Date::now().as_millis() as i64);
+            if let Some(why) = injected {
+                return Err(lake_error(&format!("writing {full}"), why));
+            }
             let size = put.bytes.len() as u64;
             let mut request = self.bucket.put(full.as_str(), put.bytes);
             if put.kind == ObjectKind::Metadata {
@@ -129,6 +143,21 @@ impl Lake {
             }
             bytes += size;
             keys.push(full);
+            let step_done = kinds.get(i + 1).map(|next| CommitStep::after(*next))
+                != Some(CommitStep::after(put.kind));
+            if step_done
+                && self
+                    .faults
+                    .borrow()
+                    .pauses_after(CommitStep::after(put.kind))
+            {
+                super::object::log(
+                    "warn",
+                    "test_pause",
+                    serde_json::json!({"step": format!("{:?}", CommitStep::after(put.kind)), "key": keys.last()}),
+                );
+                worker::Delay::from(std::time::Duration::from_secs(600)).await;
+            }
         }
         Ok(PutOutcome::Committed(bytes, keys))
     }

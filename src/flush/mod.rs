@@ -17,6 +17,8 @@
 //! batch acked late with a lower sequence number than one already committed
 //! must still be committed.
 
+pub mod faults;
+
 use std::collections::BTreeMap;
 
 use crate::config::DoLakeConfig;

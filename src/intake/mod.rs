@@ -107,6 +107,8 @@ pub struct StorePlan {
     pub record: Option<BatchRecord>,
     /// The batch's sequence number.
     pub sequence_number: u64,
+    /// Stored in the fallback headroom past `maxBufferSize` (the lake is failing).
+    pub fallback: bool,
     /// The batch's correlation id.
     pub correlation_id: Option<String>,
 }
@@ -142,6 +144,7 @@ pub struct Intake {
     recent: HashMap<(String, u64), RecentBatch>,
     recent_order: VecDeque<(i64, String, u64)>,
     dedup: DedupCounters,
+    lake_failing: bool,
 }
 
 impl Intake {
@@ -157,6 +160,7 @@ impl Intake {
             recent: HashMap::new(),
             recent_order: VecDeque::new(),
             dedup: DedupCounters::default(),
+            lake_failing: false,
         }
     }
 
@@ -173,6 +177,23 @@ impl Intake {
     /// Replaces the buffer totals (after storage removed flushed batches).
     pub fn set_buffer(&mut self, buffer: BufferTotals) {
         self.buffer = buffer;
+    }
+
+    /// Tells intake whether flushes to the lake are failing. While they are,
+    /// and `enableFallback` is on, the buffer takes up to `maxFallbackSize`
+    /// bytes past `maxBufferSize` (acked with status `fallback`).
+    pub fn set_lake_failing(&mut self, failing: bool) {
+        self.lake_failing = failing;
+    }
+
+    /// Bytes the buffer may hold now.
+    pub fn capacity(&self) -> u64 {
+        let headroom = if self.config.enable_fallback && self.lake_failing {
+            self.config.max_fallback_size
+        } else {
+            0
+        };
+        self.config.max_buffer_size + headroom
     }
 
     /// Known sources, by id.
@@ -320,20 +341,23 @@ impl Intake {
             );
         }
 
+        let mut fallback = false;
         let record = if kept == 0 {
             None
         } else {
             let size = payload.len() as u64;
-            if self.buffer.bytes + size > self.config.max_buffer_size {
+            let capacity = self.capacity();
+            if self.buffer.bytes + size > capacity {
                 let error = Error::new(
                     ErrorKind::BufferFull,
                     format!(
-                        "buffer holds {} of {} bytes; this batch needs {size} more; retry after a flush",
-                        self.buffer.bytes, self.config.max_buffer_size
+                        "buffer holds {} of {capacity} bytes; this batch needs {size} more; retry after a flush",
+                        self.buffer.bytes
                     ),
                 );
                 return self.refuse_batch(now, source, seq, correlation_id, &error, None);
             }
+            fallback = self.buffer.bytes + size > self.config.max_buffer_size;
             Some(BatchRecord {
                 source_id: source.source_id.clone(),
                 batch_seq: seq,
@@ -366,6 +390,7 @@ impl Intake {
             source,
             record,
             sequence_number: seq,
+            fallback,
             correlation_id,
         }))
     }
@@ -376,6 +401,7 @@ impl Intake {
             source,
             record,
             sequence_number,
+            fallback,
             correlation_id,
         } = plan;
         let events_stored = record.as_ref().map_or(0, |r| r.event_count);
@@ -390,7 +416,9 @@ impl Intake {
                 self.buffer.bytes += r.size_bytes;
                 self.buffer.oldest_ms = Some(self.buffer.oldest_ms.unwrap_or(r.received_at));
                 self.buffer.newest_ms = Some(r.received_at);
-                if self.utilization() >= BACKPRESSURE_UTILIZATION {
+                if fallback {
+                    AckStatus::Fallback
+                } else if self.utilization() >= BACKPRESSURE_UTILIZATION {
                     AckStatus::Buffered
                 } else {
                     AckStatus::Ok

@@ -311,3 +311,33 @@ fn payload_chunks_cut_on_char_boundaries() {
         assert!(chunks.iter().all(|c| c.len() <= max && !c.is_empty()));
     }
 }
+
+#[test]
+fn while_the_lake_fails_the_fallback_headroom_takes_batches() {
+    let mut i =
+        intake(r#"{"maxBufferSize":1500,"flushThresholdBytes":1000,"maxFallbackSize":1000}"#);
+    let fill = |i: &mut Intake, from: u64| {
+        let mut seq = from;
+        loop {
+            let (m, _) = send(i, 0, batch("a", seq, seq * 5..seq * 5 + 5));
+            seq += 1;
+            if let ServerMessage::Nack(n) = m {
+                assert_eq!(n.reason, "buffer_full");
+                return (seq - 1, i.buffer().bytes);
+            }
+        }
+    };
+    let (next, full) = fill(&mut i, 0);
+    assert!(full <= 1500);
+    i.set_lake_failing(true);
+    let (m, _) = send(&mut i, 0, batch("a", next, next * 5..next * 5 + 5));
+    assert_eq!(ack(&m).status, AckStatus::Fallback);
+    let (_, with_fallback) = fill(&mut i, next + 1);
+    assert!(with_fallback > 1500 && with_fallback <= 2500);
+    // Without the fallback option the limit stays maxBufferSize.
+    let mut strict =
+        intake(r#"{"maxBufferSize":1500,"flushThresholdBytes":1000,"enableFallback":false}"#);
+    strict.set_lake_failing(true);
+    let (_, bytes) = fill(&mut strict, 0);
+    assert!(bytes <= 1500);
+}

@@ -35,8 +35,9 @@ export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
  * Starts DoLake on loopback. Returns { url, wsUrl, logs, stop(), kill() }.
  * `config` becomes the DOLAKE_CONFIG var (a string or an object).
  */
-export async function startDoLake({ stateDir, config, port } = {}) {
+export async function startDoLake({ stateDir, config, port, hooks = false } = {}) {
   const env = { ...process.env, STATE_DIR: stateDir };
+  if (hooks) env.DOLAKE_TEST_HOOKS = '1';
   if (config !== undefined) env.DOLAKE_CONFIG = typeof config === 'string' ? config : JSON.stringify(config);
   if (port) env.PORT = String(port);
   const child = spawn(process.execPath, [path.join(here, 'server.mjs')], {

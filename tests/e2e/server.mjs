@@ -13,6 +13,7 @@ if (!stateDir) throw new Error('STATE_DIR is required');
 
 const bindings = {};
 if (process.env.DOLAKE_CONFIG !== undefined) bindings.DOLAKE_CONFIG = process.env.DOLAKE_CONFIG;
+if (process.env.DOLAKE_TEST_HOOKS) bindings.DOLAKE_TEST_HOOKS = process.env.DOLAKE_TEST_HOOKS;
 
 const mf = new Miniflare({
   rootPath: root,
