@@ -597,6 +597,8 @@ impl DoLake {
             "constructedAt": self.constructed_at,
             "storageBytes": self.store.as_ref().map(Store::database_size),
             "openSockets": sockets.len(),
+            // Linear memory never shrinks: this is the Rust heap's high-water mark.
+            "wasmMemoryBytes": core::arch::wasm32::memory_size(0) as u64 * 65_536,
         });
         let mut core = self.core.borrow_mut();
         let body = match &mut *core {
