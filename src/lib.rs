@@ -7,6 +7,7 @@
 //! The crate is split into a deterministic, sans-IO core that builds and tests
 //! natively, and a thin Durable Object adapter that only exists on `wasm32`:
 //!
+//! - [`admission`]: rate limits, connection limits, authentication.
 //! - [`config`]: the `DOLAKE_CONFIG` options, their defaults and validation.
 //! - [`protocol`]: the JSON wire protocol (messages, decoding, encoding).
 //! - [`intake`]: admission of CDC batches: dedup, buffer accounting, acks.
@@ -18,6 +19,7 @@
 //! Errors of every layer are [`error::Error`], whose kind maps to a `nack`
 //! reason or an HTTP status at the edge.
 
+pub mod admission;
 pub mod config;
 pub mod error;
 pub mod flush;

@@ -19,7 +19,7 @@ use super::object::{log, now_ms, Core, DoLake};
 use super::r2::PutOutcome;
 
 /// Most bytes of buffered JSON one step loads (bounds isolate memory).
-pub const STEP_BUDGET_BYTES: u64 = 8 * 1024 * 1024;
+pub const STEP_BUDGET_BYTES: u64 = 4 * 1024 * 1024;
 /// Bound on one Parquet data file.
 pub const TARGET_FILE_BYTES: usize = 16 * 1024 * 1024;
 /// A flush stops starting new steps after this long and continues from the
@@ -169,12 +169,11 @@ impl DoLake {
             let state = lake.load_table(&paths).await?;
             states.insert(table, state);
         }
-        let work = plan_step(&batches, |table| {
+        let batch_count = batches.len() as u64;
+        let work = plan_step(batches, |table| {
             let snapshot = states.get(table)?.as_ref()?.metadata.current_snapshot()?;
             buffer_mark(&snapshot.summary, &self.epoch)
         });
-        let batch_count = batches.len() as u64;
-        drop(batches);
         for (table, work) in work {
             if work.events.is_empty() {
                 continue;

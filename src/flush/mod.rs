@@ -236,41 +236,49 @@ pub struct TableWork {
     pub skipped_events: u64,
 }
 
-/// Groups a step's events by table. `committed(table)` gives the table's mark
-/// of this buffer epoch; rows at or below it are left out for that table.
+/// Groups a step's events by table, consuming the batches (no copy of the
+/// events: a step's memory is the largest part of a flush's). `committed(table)`
+/// gives the table's mark of this buffer epoch; rows at or below it are left
+/// out for that table.
 pub fn plan_step(
-    batches: &[LoadedBatch],
+    batches: Vec<LoadedBatch>,
     mut committed: impl FnMut(&str) -> Option<i64>,
 ) -> BTreeMap<String, TableWork> {
     let mark = batches.iter().map(|b| b.row_id).max().unwrap_or(0);
     let mut marks: BTreeMap<String, Option<i64>> = BTreeMap::new();
     let mut work: BTreeMap<String, TableWork> = BTreeMap::new();
     for batch in batches {
-        for event in &batch.events {
-            let table_mark = *marks
-                .entry(event.table.clone())
-                .or_insert_with(|| committed(&event.table));
-            let entry = work
-                .entry(event.table.clone())
-                .or_insert_with(|| TableWork {
+        for event in batch.events {
+            let table_mark = match marks.get(&event.table) {
+                Some(m) => *m,
+                None => {
+                    let m = committed(&event.table);
+                    marks.insert(event.table.clone(), m);
+                    m
+                }
+            };
+            let entry = match work.get_mut(&event.table) {
+                Some(entry) => entry,
+                None => work.entry(event.table.clone()).or_insert(TableWork {
                     events: Vec::new(),
                     mark,
                     skipped_events: 0,
-                });
+                }),
+            };
             if table_mark.is_some_and(|m| batch.row_id <= m) {
                 entry.skipped_events += 1;
                 continue;
             }
             entry
                 .events
-                .push(change_event(&batch.source_id, batch.batch_seq, event));
+                .push(into_change_event(&batch.source_id, batch.batch_seq, event));
         }
     }
     work
 }
 
 /// The lake writer's view of a protocol event.
-pub fn change_event(source_id: &str, batch_seq: u64, event: &CdcEvent) -> ChangeEvent {
+pub fn into_change_event(source_id: &str, batch_seq: u64, event: CdcEvent) -> ChangeEvent {
     ChangeEvent {
         source_id: source_id.to_string(),
         batch_seq,
@@ -281,10 +289,10 @@ pub fn change_event(source_id: &str, batch_seq: u64, event: &CdcEvent) -> Change
             Operation::Update => Op::Update,
             Operation::Delete => Op::Delete,
         },
-        row_id: event.row_id.clone(),
-        before: event.before.clone(),
-        after: event.after.clone(),
-        metadata: event.metadata.clone(),
+        row_id: event.row_id,
+        before: event.before,
+        after: event.after,
+        metadata: event.metadata,
     }
 }
 

@@ -120,7 +120,7 @@ fn a_step_skips_per_table_what_that_table_committed() {
         },
     ];
     // `users` committed row 3 in a flush that crashed before `orders`.
-    let work = plan_step(&batches, |t| (t == "users").then_some(3));
+    let work = plan_step(batches.clone(), |t| (t == "users").then_some(3));
     let users = &work["users"];
     assert_eq!(
         users.events.iter().map(|e| e.sequence).collect::<Vec<_>>(),
@@ -136,7 +136,7 @@ fn a_step_skips_per_table_what_that_table_committed() {
     assert_eq!(orders.events[0].source_id, "a");
     assert_eq!(orders.events[1].batch_seq, 1);
     // Everything committed: nothing left to write, but the table is listed.
-    let work = plan_step(&batches, |_| Some(4));
+    let work = plan_step(batches, |_| Some(4));
     assert!(work.values().all(|w| w.events.is_empty()));
 }
 
@@ -159,7 +159,7 @@ fn commits_carry_every_buffer_mark_forward() {
         table_uuid: uuid::Uuid::from_u128(99),
         now_ms: 1_700_000_000_000 + n as i64,
     };
-    let events = vec![change_event("a", 0, &ev(0, "users"))];
+    let events = vec![into_change_event("a", 0, ev(0, "users"))];
     let marks = |k: &str, v: i64| BTreeMap::from([(buffer_mark_key(k), v.to_string())]);
     let first = plan_commit_with_marks(&events, None, &options, &ids(1), &marks("e1", 5)).unwrap();
     let second = plan_commit_with_marks(

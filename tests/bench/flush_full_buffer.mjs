@@ -3,7 +3,7 @@
 // events per second, and the WASM linear memory high-water mark.
 // Usage: node tests/bench/flush_full_buffer.mjs [targetMiB=95] [codec=snappy]
 import { mkdirSync } from 'node:fs';
-import { getJson, removeDir, Shard, startDoLake, tempStateDir, waitFor } from '../e2e/harness.mjs';
+import { getJson, removeDir, Shard, startDoLake, tempStateDir, waitFor, withTimeout } from '../e2e/harness.mjs';
 
 const targetMiB = Number(process.argv[2] ?? 95);
 const codec = process.argv[3] ?? 'snappy';
@@ -27,7 +27,7 @@ try {
   const fillMs = Date.now() - fillStart;
   const before = await status();
   const flushStart = Date.now();
-  const first = await getJson(`${server.url}/lakehouse/flush`, { method: 'POST' });
+  const first = { body: await (await withTimeout(fetch(`${server.url}/lakehouse/flush`, { method: 'POST' }), 600_000, 'POST /flush')).json() };
   await waitFor(async () => (await status()).buffer.eventCount === 0, 600_000, 'the buffer to drain');
   const flushMs = Date.now() - flushStart;
   const after = await status();
@@ -47,6 +47,10 @@ try {
   };
   console.log(JSON.stringify(row));
   await Promise.all(shards.map((s) => s.close()));
+} catch (e) {
+  console.error(e);
+  console.error(server.logs.slice(-30).join('\n'));
+  process.exitCode = 1;
 } finally {
   await server.stop();
   removeDir(stateDir);

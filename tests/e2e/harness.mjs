@@ -84,7 +84,14 @@ export async function startDoLake({ stateDir, config, port, hooks = false } = {}
 }
 
 export async function getJson(url, init) {
-  const res = await withTimeout(fetch(url, init), 10_000, `fetch ${url}`);
+  let res;
+  try {
+    res = await withTimeout(fetch(url, init), 10_000, `fetch ${url}`);
+  } catch (e) {
+    // A reused keep-alive connection that the server closed: retry GETs once.
+    if ((init?.method ?? 'GET') !== 'GET' || e.cause?.code !== 'ECONNRESET') throw e;
+    res = await withTimeout(fetch(url, init), 10_000, `fetch ${url} (retry)`);
+  }
   const text = await res.text();
   let body;
   try { body = JSON.parse(text); } catch { body = text; }

@@ -1,0 +1,215 @@
+//! Admission control: who may connect, how fast they may send, and when a
+//! connection is closed for misbehaving (sans-IO; time is an argument).
+//!
+//! - [`TokenBucket`]: the limiter of new connections (`connectionsPerSecond`,
+//!   `burstCapacity`) and of each connection's messages (`messagesPerSecond`).
+//!   Its whole state is two numbers, kept in the socket attachment (messages)
+//!   or in storage (connections), so it survives hibernation.
+//! - [`ConnectionGate`]: decides on a WebSocket upgrade.
+//! - [`MessageGate`]: per-connection state: message bucket and size strikes.
+//! - [`check_token`]: the shared secret, compared in constant time.
+
+use serde::{Deserialize, Serialize};
+use subtle::ConstantTimeEq;
+
+use crate::config::RateLimitConfig;
+
+/// Size violations after which a connection is closed (code 1008).
+pub const MAX_SIZE_STRIKES: u32 = 3;
+
+/// A token bucket: `capacity` tokens, refilled at `per_second`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenBucket {
+    /// Tokens now (fractional while refilling).
+    pub tokens: f64,
+    /// When `tokens` was last brought up to date, Unix ms.
+    pub updated_ms: i64,
+}
+
+/// A refusal by a bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Throttled {
+    /// When one token is back, ms from now.
+    pub retry_after_ms: u64,
+}
+
+impl TokenBucket {
+    /// A full bucket of `capacity` at `now`.
+    pub fn full(capacity: u64, now: i64) -> Self {
+        Self {
+            tokens: capacity as f64,
+            updated_ms: now,
+        }
+    }
+
+    fn refill(&mut self, capacity: u64, per_second: u64, now: i64) {
+        let elapsed = (now - self.updated_ms).max(0) as f64;
+        self.tokens = (self.tokens + elapsed * per_second as f64 / 1000.0).min(capacity as f64);
+        self.updated_ms = self.updated_ms.max(now);
+    }
+
+    /// Takes one token, or says when one is back.
+    pub fn take(&mut self, capacity: u64, per_second: u64, now: i64) -> Result<u64, Throttled> {
+        self.refill(capacity, per_second, now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(self.tokens.floor() as u64)
+        } else {
+            let missing = 1.0 - self.tokens;
+            let retry_after_ms = (missing * 1000.0 / per_second.max(1) as f64).ceil() as u64;
+            Err(Throttled {
+                retry_after_ms: retry_after_ms.max(1),
+            })
+        }
+    }
+
+    /// Whole tokens left at `now`, without taking one.
+    pub fn remaining(&self, capacity: u64, per_second: u64, now: i64) -> u64 {
+        let mut copy = *self;
+        copy.refill(capacity, per_second, now);
+        copy.tokens.floor() as u64
+    }
+
+    /// When the bucket is full again, Unix ms.
+    pub fn full_at(&self, capacity: u64, per_second: u64, now: i64) -> i64 {
+        let mut copy = *self;
+        copy.refill(capacity, per_second, now);
+        let missing = capacity as f64 - copy.tokens;
+        now + (missing * 1000.0 / per_second.max(1) as f64).ceil() as i64
+    }
+}
+
+/// Why an upgrade was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpgradeRefusal {
+    /// `rate_limited` or `ip_limit`.
+    pub reason: &'static str,
+    /// Human-readable.
+    pub message: String,
+    /// Seconds until a retry can succeed (for `Retry-After`).
+    pub retry_after_s: u64,
+    /// `X-RateLimit-Limit`.
+    pub limit: u64,
+    /// `X-RateLimit-Remaining`.
+    pub remaining: u64,
+    /// `X-RateLimit-Reset`, Unix seconds.
+    pub reset_s: i64,
+}
+
+/// Decides on WebSocket upgrades.
+pub struct ConnectionGate<'a> {
+    limits: &'a RateLimitConfig,
+}
+
+impl<'a> ConnectionGate<'a> {
+    /// The gate of `limits`.
+    pub fn new(limits: &'a RateLimitConfig) -> Self {
+        Self { limits }
+    }
+
+    /// A new connection from an address with `open_from_ip` sockets open;
+    /// takes a token from `bucket` when admitted.
+    pub fn admit(
+        &self,
+        bucket: &mut TokenBucket,
+        open_from_ip: u64,
+        now: i64,
+    ) -> Result<(), UpgradeRefusal> {
+        let (capacity, rate) = (
+            self.limits.burst_capacity,
+            self.limits.connections_per_second,
+        );
+        if open_from_ip >= self.limits.max_connections_per_ip {
+            return Err(UpgradeRefusal {
+                reason: "ip_limit",
+                message: format!(
+                    "this address already has {open_from_ip} open connections; at most {} are allowed (rateLimit.maxConnectionsPerIp)",
+                    self.limits.max_connections_per_ip
+                ),
+                retry_after_s: 1,
+                limit: self.limits.max_connections_per_ip,
+                remaining: 0,
+                reset_s: now.div_euclid(1000) + 1,
+            });
+        }
+        match bucket.take(capacity, rate, now) {
+            Ok(_) => Ok(()),
+            Err(t) => Err(UpgradeRefusal {
+                reason: "rate_limited",
+                message: format!(
+                    "too many new connections; at most {rate} per second with bursts of {capacity} (rateLimit.connectionsPerSecond, rateLimit.burstCapacity)"
+                ),
+                retry_after_s: t.retry_after_ms.div_ceil(1000),
+                limit: capacity,
+                remaining: 0,
+                reset_s: (bucket.full_at(capacity, rate, now) + 999).div_euclid(1000),
+            }),
+        }
+    }
+}
+
+/// Per-connection admission state, kept in the socket's attachment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MessageGate {
+    /// The message bucket (capacity and rate: `messagesPerSecond`).
+    pub bucket: TokenBucket,
+    /// Size violations so far.
+    pub size_strikes: u32,
+}
+
+/// What a message may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageVerdict {
+    /// Go on; `remaining` tokens left, the bucket is full at `reset_at`.
+    Allowed {
+        /// Tokens left.
+        remaining: u64,
+        /// When the bucket is full again, Unix ms.
+        reset_at: i64,
+    },
+    /// Refuse with `rate_limited`; retry after this many ms.
+    Throttled(u64),
+}
+
+impl MessageGate {
+    /// A fresh connection's state.
+    pub fn new(limits: &RateLimitConfig, now: i64) -> Self {
+        Self {
+            bucket: TokenBucket::full(limits.messages_per_second, now),
+            size_strikes: 0,
+        }
+    }
+
+    /// Counts one message against `messagesPerSecond`.
+    pub fn on_message(&mut self, limits: &RateLimitConfig, now: i64) -> MessageVerdict {
+        let rate = limits.messages_per_second;
+        match self.bucket.take(rate, rate, now) {
+            Ok(remaining) => MessageVerdict::Allowed {
+                remaining,
+                reset_at: self.bucket.full_at(rate, rate, now),
+            },
+            Err(t) => MessageVerdict::Throttled(t.retry_after_ms),
+        }
+    }
+
+    /// Records a size violation; true when the connection must be closed.
+    pub fn strike(&mut self) -> bool {
+        self.size_strikes += 1;
+        self.size_strikes >= MAX_SIZE_STRIKES
+    }
+}
+
+/// Checks an `Authorization` header against the shared secret in constant
+/// time (for equal lengths; the length itself is not secret-dependent data
+/// worth hiding once the header format is known).
+pub fn check_token(authorization: Option<&str>, secret: &str) -> bool {
+    let Some(given) = authorization.and_then(|h| h.strip_prefix("Bearer ")) else {
+        return false;
+    };
+    given.as_bytes().ct_eq(secret.as_bytes()).into()
+}
+
+#[cfg(test)]
+mod tests;
