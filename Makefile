@@ -43,7 +43,7 @@ test-readers:
 	bash tests/readers/run.sh
 
 test-e2e: build-test
-	node --test --test-concurrency=1 tests/e2e/
+	node --test --test-concurrency=1 'tests/e2e/*.test.mjs'
 
 lint:
 	cargo fmt --all -- --check

@@ -12,6 +12,7 @@ use worker::{
 use super::json_response;
 use super::r2::Lake;
 use super::store::Store;
+use crate::admission::{check_token, ConnectionGate, MessageGate, MessageVerdict, TokenBucket};
 use crate::config::DoLakeConfig;
 use crate::error::{Error, ErrorKind};
 use crate::flush::{FlushHistory, FlushSchedule, FlushTrigger};
@@ -36,6 +37,8 @@ struct Connection {
     acks: u64,
     nacks: u64,
     last_message_at: Option<i64>,
+    /// Message rate limit and size strikes (survive hibernation here).
+    gate: Option<MessageGate>,
 }
 
 /// What a text frame gets back.
@@ -67,6 +70,12 @@ pub struct DoLake {
     pub(super) alarm_at: Cell<Option<i64>>,
     /// `DOLAKE_TEST_HOOKS=1`: failure injection at `POST /lakehouse/_test/faults`.
     test_hooks: bool,
+    /// The shared secret (`DOLAKE_AUTH_TOKEN`), when set.
+    auth_token: Option<String>,
+    /// New-connection token bucket (persisted in `meta`).
+    conn_bucket: RefCell<Option<TokenBucket>>,
+    /// Refusals by reason since construction, plus those persisted before.
+    refusals: RefCell<std::collections::BTreeMap<String, u64>>,
     constructions: u64,
     constructed_at: i64,
 }
@@ -141,6 +150,26 @@ impl DurableObject for DoLake {
         if let Core::Ready(intake) = &mut core {
             intake.set_lake_failing(history.consecutive_failures > 0);
         }
+        let auth_token = env
+            .secret("DOLAKE_AUTH_TOKEN")
+            .map(|s| s.to_string())
+            .or_else(|_| env.var("DOLAKE_AUTH_TOKEN").map(|v| v.to_string()))
+            .ok()
+            .filter(|t| !t.is_empty());
+        if auth_token.is_none() {
+            log(
+                "warn",
+                "no_authentication",
+                serde_json::json!({"message": "DOLAKE_AUTH_TOKEN is not set: WebSocket upgrades and HTTP endpoints are open to anyone who can reach this worker"}),
+            );
+        }
+        let conn_bucket = store
+            .as_ref()
+            .and_then(|s| s.load_json::<TokenBucket>("conn_bucket").ok().flatten());
+        let refusals = store
+            .as_ref()
+            .and_then(|s| s.load_json("refusals").ok().flatten())
+            .unwrap_or_default();
         let base_path = match &core {
             Core::Ready(intake) => intake.config().r2_base_path.clone(),
             Core::Failed(_) => String::new(),
@@ -166,6 +195,9 @@ impl DurableObject for DoLake {
             test_hooks: env
                 .var("DOLAKE_TEST_HOOKS")
                 .is_ok_and(|v| v.to_string() == "1"),
+            auth_token,
+            conn_bucket: RefCell::new(conn_bucket),
+            refusals: RefCell::new(refusals),
             constructions,
             constructed_at,
         }
@@ -199,6 +231,21 @@ impl DurableObject for DoLake {
             .headers()
             .get("Upgrade")?
             .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+        if let Some(secret) = &self.auth_token {
+            let given = req.headers().get("Authorization")?;
+            if route != "/health" && !check_token(given.as_deref(), secret) {
+                self.count_refusal("unauthorized");
+                log("warn", "unauthorized", serde_json::json!({"path": path}));
+                return json_response(
+                    &serde_json::json!({
+                        "error": "missing or wrong `Authorization: Bearer <token>`",
+                        "kind": "unauthorized",
+                        "status": 401,
+                    }),
+                    401,
+                );
+            }
+        }
         match (route, req.method()) {
             ("/ws", _) if upgrade => self.accept(&req),
             ("/ws", _) => error_response(&Error::invalid(
@@ -239,6 +286,35 @@ impl DurableObject for DoLake {
             });
         conn.messages += 1;
         conn.last_message_at = Some(now);
+        let limits = match &*self.core.borrow() {
+            Core::Ready(intake) => Some(intake.config().rate_limit.clone()),
+            Core::Failed(_) => None,
+        };
+        let verdict = limits.as_ref().map(|limits| {
+            conn.gate
+                .get_or_insert_with(|| MessageGate::new(limits, now))
+                .on_message(limits, now)
+        });
+        if let Some(MessageVerdict::Throttled(retry_ms)) = verdict {
+            let sequence = match &message {
+                WebSocketIncomingMessage::String(text) => sniff_sequence_number(text),
+                WebSocketIncomingMessage::Binary(_) => None,
+            };
+            let limit = limits.as_ref().map_or(0, |l| l.messages_per_second);
+            let error = Error::new(
+                ErrorKind::RateLimited,
+                format!("more than {limit} messages per second on this connection (rateLimit.messagesPerSecond)"),
+            );
+            self.count_refusal("rate_limited");
+            let mut nack = self.refuse(now, &conn, sequence, None, &error);
+            if let ServerMessage::Nack(n) = &mut nack {
+                n.retry_delay_ms = Some(retry_ms);
+            }
+            conn.nacks += 1;
+            let _ = ws.send_with_str(nack.to_json());
+            let _ = ws.serialize_attachment(&conn);
+            return Ok(());
+        }
         let (reply, close) = match message {
             WebSocketIncomingMessage::String(text) => {
                 let (reply, close) = self.handle_text(now, &mut conn, &text);
@@ -265,6 +341,36 @@ impl DurableObject for DoLake {
             }
         };
         let stored = matches!(&reply, Some(ServerMessage::Ack(a)) if a.status != crate::protocol::AckStatus::Duplicate);
+        let mut reply = reply;
+        let mut violation_close = false;
+        match (&mut reply, verdict, &limits) {
+            (
+                Some(ServerMessage::Ack(ack)),
+                Some(MessageVerdict::Allowed {
+                    remaining,
+                    reset_at,
+                }),
+                Some(limits),
+            ) => {
+                ack.rate_limit = Some(crate::protocol::RateLimitInfo {
+                    limit: limits.messages_per_second,
+                    remaining,
+                    reset_at,
+                });
+                if let Some(details) = &mut ack.details {
+                    details.remaining_tokens = Some(remaining);
+                    details.bucket_capacity = Some(limits.messages_per_second);
+                }
+            }
+            (Some(ServerMessage::Nack(nack)), _, _)
+                if nack.reason == "payload_too_large" || nack.reason == "event_too_large" =>
+            {
+                self.count_refusal(&nack.reason);
+                violation_close = conn.gate.as_mut().is_some_and(MessageGate::strike);
+            }
+            (Some(ServerMessage::Nack(nack)), _, _) => self.count_refusal(&nack.reason),
+            _ => {}
+        }
         if let Some(reply) = reply {
             match &reply {
                 ServerMessage::Ack(_) => conn.acks += 1,
@@ -286,7 +392,14 @@ impl DurableObject for DoLake {
                 serde_json::json!({"error": e.to_string()}),
             );
         }
-        if close {
+        if violation_close {
+            log(
+                "warn",
+                "closed_for_violations",
+                serde_json::json!({"sourceDoId": conn.source_id, "strikes": crate::admission::MAX_SIZE_STRIKES}),
+            );
+            ws.close(Some(1008), Some("repeated size violations"))?;
+        } else if close {
             ws.close(Some(1000), Some("disconnect"))?;
         }
         if stored {
@@ -341,13 +454,57 @@ impl DoLake {
             return json_response(&e.to_json(), 503);
         }
         let header = |name: &str| req.headers().get(name).ok().flatten();
+        let ip = header("CF-Connecting-IP");
+        let limits = match &*self.core.borrow() {
+            Core::Ready(intake) => intake.config().rate_limit.clone(),
+            Core::Failed(e) => return error_response(e),
+        };
+        let now = now_ms();
+        let open_from_ip = ip.as_ref().map_or(0, |ip| {
+            self.state
+                .get_websockets()
+                .iter()
+                .filter_map(|ws| ws.deserialize_attachment::<Connection>().ok().flatten())
+                .filter(|c| c.ip.as_ref() == Some(ip))
+                .count() as u64
+        });
+        let admitted = {
+            let mut bucket = self.conn_bucket.borrow_mut();
+            let bucket =
+                bucket.get_or_insert_with(|| TokenBucket::full(limits.burst_capacity, now));
+            let verdict = ConnectionGate::new(&limits).admit(bucket, open_from_ip, now);
+            if let Some(store) = &self.store {
+                let _ = store.save_json("conn_bucket", &*bucket);
+            }
+            verdict
+        };
+        if let Err(refusal) = admitted {
+            self.count_refusal(refusal.reason);
+            log(
+                "warn",
+                "upgrade_refused",
+                serde_json::json!({"reason": refusal.reason, "ip": ip, "error": refusal.message}),
+            );
+            let headers = worker::Headers::new();
+            headers.set("X-RateLimit-Limit", &refusal.limit.to_string())?;
+            headers.set("X-RateLimit-Remaining", &refusal.remaining.to_string())?;
+            headers.set("X-RateLimit-Reset", &refusal.reset_s.to_string())?;
+            headers.set("Retry-After", &refusal.retry_after_s.to_string())?;
+            let body = serde_json::json!({
+                "error": refusal.message,
+                "reason": refusal.reason,
+                "retryAfter": refusal.retry_after_s,
+            });
+            return Ok(json_response(&body, 429)?.with_headers(headers));
+        }
         let pair = WebSocketPair::new()?;
         let conn = Connection {
             client_id: header("X-Client-ID"),
             shard_name: header("X-Shard-Name"),
-            ip: header("CF-Connecting-IP"),
+            ip,
+            gate: Some(MessageGate::new(&limits, now)),
             priority: header("X-Priority"),
-            connected_at: now_ms(),
+            connected_at: now,
             ..Connection::default()
         };
         self.state.accept_web_socket(&pair.server);
@@ -524,6 +681,15 @@ impl DoLake {
         }
     }
 
+    /// Counts a refusal by reason (persisted, so counters never go back).
+    fn count_refusal(&self, reason: &str) {
+        let mut refusals = self.refusals.borrow_mut();
+        *refusals.entry(reason.to_string()).or_default() += 1;
+        if let Some(store) = &self.store {
+            let _ = store.save_json("refusals", &*refusals);
+        }
+    }
+
     /// Runs `f` on the intake and the store, if the object started.
     fn with_intake<T>(&self, f: impl FnOnce(&mut Intake, &Store) -> T) -> Option<T> {
         let mut core = self.core.borrow_mut();
@@ -588,6 +754,12 @@ impl DoLake {
             .iter()
             .filter_map(|ws| ws.deserialize_attachment::<Connection>().ok().flatten())
             .collect();
+        let mut connections_per_ip = std::collections::BTreeMap::<String, u64>::new();
+        for c in &connections {
+            *connections_per_ip
+                .entry(c.ip.clone().unwrap_or_else(|| "unknown".to_string()))
+                .or_default() += 1;
+        }
         let open_ids: Vec<&str> = connections
             .iter()
             .filter_map(|c| c.source_id.as_deref())
@@ -623,6 +795,12 @@ impl DoLake {
                     },
                     "config": intake.config().to_json(),
                     "instance": instance,
+                    "authentication": if self.auth_token.is_some() { "enabled" } else { "disabled (DOLAKE_AUTH_TOKEN is not set)" },
+                    "rateLimits": {
+                        "refusals": serde_json::to_value(&*self.refusals.borrow()).unwrap_or_default(),
+                        "connectionsPerIp": connections_per_ip,
+                        "limits": serde_json::to_value(&intake.config().rate_limit).unwrap_or_default(),
+                    },
                 })
             }
             Core::Failed(e) => serde_json::json!({

@@ -156,6 +156,23 @@ impl Store {
         Ok(epoch)
     }
 
+    /// A JSON value kept under `key` in `meta`.
+    pub fn load_json<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
+        match self.meta(key)? {
+            Some(text) => serde_json::from_str(&text)
+                .map(Some)
+                .map_err(|e| storage_error(&format!("decoding {key}"), e)),
+            None => Ok(None),
+        }
+    }
+
+    /// Keeps a JSON value under `key` in `meta`.
+    pub fn save_json<T: serde::Serialize>(&self, key: &str, value: &T) -> Result<()> {
+        let text = serde_json::to_string(value)
+            .map_err(|e| storage_error(&format!("encoding {key}"), e))?;
+        self.set_meta(key, &text)
+    }
+
     /// The flush history.
     pub fn load_history(&self) -> Result<FlushHistory> {
         match self.meta("flush_history")? {

@@ -35,9 +35,10 @@ export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
  * Starts DoLake on loopback. Returns { url, wsUrl, logs, stop(), kill() }.
  * `config` becomes the DOLAKE_CONFIG var (a string or an object).
  */
-export async function startDoLake({ stateDir, config, port, hooks = false } = {}) {
+export async function startDoLake({ stateDir, config, port, hooks = false, authToken } = {}) {
   const env = { ...process.env, STATE_DIR: stateDir };
   if (hooks) env.DOLAKE_TEST_HOOKS = '1';
+  if (authToken) env.DOLAKE_AUTH_TOKEN = authToken;
   if (config !== undefined) env.DOLAKE_CONFIG = typeof config === 'string' ? config : JSON.stringify(config);
   if (port) env.PORT = String(port);
   const child = spawn(process.execPath, [path.join(here, 'server.mjs')], {
@@ -127,7 +128,17 @@ export class Shard {
     await withTimeout(new Promise((resolve, reject) => {
       ws.once('open', resolve);
       ws.once('error', reject);
-      ws.once('unexpected-response', (_req, res) => reject(new Error(`upgrade refused: ${res.statusCode}`)));
+      ws.once('unexpected-response', (_req, res) => {
+        let body = '';
+        res.on('data', (d) => { body += d; });
+        res.on('end', () => {
+          const error = new Error(`upgrade refused: ${res.statusCode} ${body}`);
+          error.status = res.statusCode;
+          error.headers = res.headers;
+          try { error.body = JSON.parse(body); } catch { error.body = body; }
+          reject(error);
+        });
+      });
     }), 10_000, 'WebSocket open');
     return this;
   }

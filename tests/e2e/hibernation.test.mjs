@@ -6,7 +6,7 @@ import { getJson, removeDir, Shard, sleep, startDoLake, tempStateDir } from './h
 
 test('the same socket keeps working after the object is evicted', async () => {
   const stateDir = tempStateDir();
-  const server = await startDoLake({ stateDir });
+  const server = await startDoLake({ stateDir, config: { rateLimit: { messagesPerSecond: 10 } } });
   try {
     const shard = await new Shard(server.wsUrl, { sourceDoId: 'sleepy', shardName: 'shard-sleepy' }).open();
     await shard.connect();
@@ -38,6 +38,15 @@ test('the same socket keeps working after the object is evicted', async () => {
     assert.equal(conn.clientId, 'sleepy');
     assert.equal(conn.acks, src.batchesAcked, 'per-connection counters carried across eviction');
     assert.equal(after.connectedSources, 1);
+    // The message limit still holds on the surviving socket: its bucket lives
+    // in the attachment. A burst of 15 heartbeats: at most 10 (+ refill) pass.
+    await sleep(1_100);
+    for (let i = 0; i < 15; i++) shard.sendRaw(JSON.stringify({ type: 'heartbeat', timestamp: i, sourceDoId: 'sleepy', lastAckSequence: 0, pendingEvents: 0 }));
+    const burst = [];
+    for (let i = 0; i < 15; i++) burst.push(await shard.next((m) => m.type === 'pong' || (m.type === 'nack' && m.reason === 'rate_limited')));
+    const limited = burst.filter((m) => m.type === 'nack').length;
+    assert.ok(limited >= 4 && limited <= 5, `${limited} of 15 refused`);
+    await sleep(1_100);
     // A resend across the eviction is still a duplicate.
     const first = shard.batchMessage(shard.makeEvents(0).concat([{ sequence: 0, timestamp: 1, operation: 'INSERT', table: 'users', rowId: 'x', after: {} }]), 0);
     assert.equal((await shard.send(first)).status, 'duplicate');

@@ -14,6 +14,7 @@ if (!stateDir) throw new Error('STATE_DIR is required');
 const bindings = {};
 if (process.env.DOLAKE_CONFIG !== undefined) bindings.DOLAKE_CONFIG = process.env.DOLAKE_CONFIG;
 if (process.env.DOLAKE_TEST_HOOKS) bindings.DOLAKE_TEST_HOOKS = process.env.DOLAKE_TEST_HOOKS;
+if (process.env.DOLAKE_AUTH_TOKEN) bindings.DOLAKE_AUTH_TOKEN = process.env.DOLAKE_AUTH_TOKEN;
 
 const mf = new Miniflare({
   rootPath: root,
