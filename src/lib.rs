@@ -25,6 +25,7 @@ pub mod error;
 pub mod flush;
 pub mod intake;
 pub mod lake;
+pub mod metrics;
 pub mod protocol;
 
 #[cfg(target_arch = "wasm32")]

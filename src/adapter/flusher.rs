@@ -74,6 +74,8 @@ impl DoLake {
             history.last_attempt_ms = Some(start);
             history.events_flushed += result.events_flushed;
             history.bytes_written += result.bytes_written;
+            history.files_written += result.paths.len() as u64;
+            history.last_duration_ms = result.duration_ms;
             if result.success {
                 history.consecutive_failures = 0;
                 history.last_success_ms = Some(end);

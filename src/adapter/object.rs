@@ -252,10 +252,11 @@ impl DurableObject for DoLake {
                 "/ws expects a WebSocket upgrade (header `Upgrade: websocket`)",
             )),
             ("/status", Method::Get) => self.status(),
+            ("/metrics", Method::Get) => self.metrics(),
             ("/health", Method::Get) => self.health(),
             ("/flush", Method::Post) => self.flush_http().await,
             ("/_test/faults", Method::Post) if self.test_hooks => self.set_faults(req).await,
-            ("/status" | "/health", _) => error_response(&Error::new(
+            ("/status" | "/health" | "/metrics", _) => error_response(&Error::new(
                 ErrorKind::MethodNotAllowed,
                 format!("{path} answers GET only"),
             )),
@@ -633,7 +634,19 @@ impl DoLake {
             return None;
         };
         let reply = match intake.admit(now, batch) {
-            Admission::Reply(reply) => reply,
+            Admission::Reply(reply) => {
+                // Counters of refused and duplicate batches are kept too.
+                if let Some(source) = intake.source(&source_id) {
+                    if let Err(e) = store.save_source(source) {
+                        log(
+                            "warn",
+                            "source_save_failed",
+                            serde_json::json!({"error": e.message()}),
+                        );
+                    }
+                }
+                reply
+            }
             Admission::Store(plan) => match store.write_plan(&plan) {
                 Ok(()) => intake.commit(now, *plan),
                 Err(e) => {
@@ -734,6 +747,167 @@ impl DoLake {
         let result = self.flush(FlushTrigger::Request).await;
         let status = if result.success { 200 } else { 503 };
         json_response(&serde_json::to_value(&result)?, status)
+    }
+
+    fn metrics(&self) -> Result<Response> {
+        use crate::metrics::{Exposition, Kind};
+        let core = self.core.borrow();
+        let Core::Ready(intake) = &*core else {
+            return error_response(&Error::internal(
+                "DoLake failed to start; see /lakehouse/status",
+            ));
+        };
+        let history = self.history.borrow();
+        let b = intake.buffer();
+        let sum =
+            |f: fn(&crate::intake::SourceState) -> u64| intake.sources().map(f).sum::<u64>() as f64;
+        let mut e = Exposition::new();
+        e.single(
+            "buffer_events",
+            Kind::Gauge,
+            "Events in the durable buffer.",
+            b.events as f64,
+        )
+        .single(
+            "buffer_bytes",
+            Kind::Gauge,
+            "Bytes in the durable buffer.",
+            b.bytes as f64,
+        )
+        .single(
+            "buffer_batches",
+            Kind::Gauge,
+            "Batches in the durable buffer.",
+            b.batches as f64,
+        )
+        .single(
+            "buffer_utilization",
+            Kind::Gauge,
+            "Buffered bytes over maxBufferSize.",
+            intake.utilization(),
+        )
+        .single(
+            "connected_sources",
+            Kind::Gauge,
+            "Sources with an open WebSocket.",
+            self.connected_sources(None) as f64,
+        )
+        .single(
+            "open_sockets",
+            Kind::Gauge,
+            "Open WebSockets.",
+            self.state.get_websockets().len() as f64,
+        )
+        .single(
+            "batches_received_total",
+            Kind::Counter,
+            "cdc_batch messages received.",
+            sum(|s| s.batches_received),
+        )
+        .single(
+            "batches_acked_total",
+            Kind::Counter,
+            "Batches stored and acked.",
+            sum(|s| s.batches_acked),
+        )
+        .single(
+            "events_acked_total",
+            Kind::Counter,
+            "Events stored and acked.",
+            sum(|s| s.events_acked),
+        )
+        .single(
+            "batches_nacked_total",
+            Kind::Counter,
+            "Batches refused with a nack.",
+            sum(|s| s.batches_nacked),
+        )
+        .single(
+            "duplicate_batches_total",
+            Kind::Counter,
+            "Resent batches acked as duplicate.",
+            sum(|s| s.duplicate_batches),
+        )
+        .single(
+            "duplicate_events_total",
+            Kind::Counter,
+            "Events dropped as already stored.",
+            sum(|s| s.duplicate_events),
+        );
+        let refusals: Vec<(Vec<(&str, String)>, f64)> = self
+            .refusals
+            .borrow()
+            .iter()
+            .map(|(reason, n)| (vec![("reason", reason.clone())], *n as f64))
+            .collect();
+        e.family(
+            "refusals_total",
+            Kind::Counter,
+            "Nacks and refused upgrades or requests, by reason.",
+            &refusals,
+        )
+        .family(
+            "flushes_total",
+            Kind::Counter,
+            "Flushes by outcome.",
+            &[
+                (
+                    vec![("outcome", "success".to_string())],
+                    history.flushes as f64,
+                ),
+                (
+                    vec![("outcome", "failure".to_string())],
+                    history.failures as f64,
+                ),
+            ],
+        )
+        .single(
+            "flush_events_total",
+            Kind::Counter,
+            "Events written to the lake.",
+            history.events_flushed as f64,
+        )
+        .single(
+            "flush_bytes_total",
+            Kind::Counter,
+            "Bytes written to R2.",
+            history.bytes_written as f64,
+        )
+        .single(
+            "flush_files_total",
+            Kind::Counter,
+            "Objects written to R2.",
+            history.files_written as f64,
+        )
+        .single(
+            "flush_last_duration_seconds",
+            Kind::Gauge,
+            "Wall time of the last flush.",
+            history.last_duration_ms as f64 / 1000.0,
+        )
+        .single(
+            "flush_last_success_timestamp_seconds",
+            Kind::Gauge,
+            "When the last successful flush ended (0: never).",
+            history.last_success_ms.unwrap_or(0) as f64 / 1000.0,
+        )
+        .single(
+            "flush_consecutive_failures",
+            Kind::Gauge,
+            "Failed flushes since the last success.",
+            history.consecutive_failures as f64,
+        )
+        .single(
+            "r2_errors_total",
+            Kind::Counter,
+            "Flushes that failed on R2 or storage.",
+            history.failures as f64,
+        );
+        let mut response = Response::ok(e.finish())?;
+        response
+            .headers_mut()
+            .set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")?;
+        Ok(response)
     }
 
     fn health(&self) -> Result<Response> {

@@ -96,6 +96,10 @@ pub struct FlushHistory {
     pub events_flushed: u64,
     /// Bytes written to R2.
     pub bytes_written: u64,
+    /// Objects written to R2.
+    pub files_written: u64,
+    /// Wall time of the last flush, ms.
+    pub last_duration_ms: u64,
 }
 
 /// First retry delay after a failed flush, ms; doubles up to [`MAX_BACKOFF_MS`].

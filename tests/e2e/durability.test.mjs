@@ -2,7 +2,7 @@
 // workerd) and a restart on the same persisted state: nothing lost, nothing twice.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { getJson, removeDir, Shard, sleep, startDoLake, tempStateDir } from './harness.mjs';
+import { getJson, getMetrics, removeDir, Shard, sleep, startDoLake, tempStateDir } from './harness.mjs';
 
 test('acked batches survive SIGKILL and restart, resends stay duplicates', async () => {
   const stateDir = tempStateDir();
@@ -20,6 +20,9 @@ test('acked batches survive SIGKILL and restart, resends stay duplicates', async
     }
     const before = (await getJson(`${server.url}/lakehouse/status`)).body;
     assert.equal(before.buffer.eventCount, 1000);
+    const metricsBefore = await getMetrics(server);
+    assert.equal(metricsBefore.dolake_events_acked_total.samples[0].value, 1000);
+    assert.equal(metricsBefore.dolake_events_acked_total.type, 'counter');
     assert.equal(before.buffer.batchCount, 40);
 
     // In flight at the moment of the crash: batches sent without waiting.
@@ -35,6 +38,15 @@ test('acked batches survive SIGKILL and restart, resends stay duplicates', async
 
     server = await startDoLake({ stateDir });
     const restarted = (await getJson(`${server.url}/lakehouse/status`)).body;
+    // Counters never go backwards across a crash and restart.
+    const metricsAfter = await getMetrics(server);
+    for (const [name, family] of Object.entries(metricsBefore)) {
+      if (family.type !== 'counter') continue;
+      for (const sample of family.samples) {
+        const now = metricsAfter[name].samples.find((s) => JSON.stringify(s.labels) === JSON.stringify(sample.labels));
+        assert.ok(now && now.value >= sample.value, `${name} ${JSON.stringify(sample.labels)} went from ${sample.value} to ${now?.value}`);
+      }
+    }
     assert.ok(restarted.instance.constructions >= 2, 'a new instance was constructed');
     assert.ok(restarted.buffer.batchCount >= 40 + ackedInFlight, 'every acked batch is still buffered');
     assert.equal(restarted.buffer.eventCount, restarted.buffer.batchCount * 25);

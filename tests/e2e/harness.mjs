@@ -278,3 +278,39 @@ export function verifyLake({ warehouse, namespace = 'default', events }) {
     child.on('exit', (code) => { clearTimeout(timer); resolve({ code, out }); });
   });
 }
+
+/**
+ * Parses Prometheus text exposition (version 0.0.4) strictly: every sample's
+ * family must have HELP and TYPE lines, names and labels must be well formed,
+ * values must be numbers. Returns { family: { type, help, samples: [{ labels, value }] } }.
+ */
+export function parsePrometheus(text) {
+  const families = {};
+  const family = (name) => (families[name] ??= { samples: [] });
+  for (const line of text.split('\n')) {
+    if (!line.trim()) continue;
+    let m;
+    if ((m = line.match(/^# HELP ([a-zA-Z_:][a-zA-Z0-9_:]*) (.*)$/))) { family(m[1]).help = m[2]; continue; }
+    if ((m = line.match(/^# TYPE ([a-zA-Z_:][a-zA-Z0-9_:]*) (counter|gauge|histogram|summary|untyped)$/))) { family(m[1]).type = m[2]; continue; }
+    if (line.startsWith('#')) throw new Error(`bad comment line: ${line}`);
+    m = line.match(/^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$/);
+    if (!m) throw new Error(`bad sample line: ${line}`);
+    const labels = {};
+    if (m[2]) {
+      for (const pair of m[2].matchAll(/([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"/g)) labels[pair[1]] = pair[2];
+    }
+    const value = Number(m[3].replace('+Inf', 'Infinity').replace('-Inf', '-Infinity'));
+    if (Number.isNaN(value) && m[3] !== 'NaN') throw new Error(`bad value: ${line}`);
+    const f = families[m[1]];
+    if (!f?.type || f.help === undefined) throw new Error(`sample before HELP/TYPE: ${line}`);
+    f.samples.push({ labels, value });
+  }
+  return families;
+}
+
+export async function getMetrics(server, headers = {}) {
+  const res = await withTimeout(fetch(`${server.url}/lakehouse/metrics`, { headers }), 10_000, 'metrics');
+  if (res.status !== 200) throw new Error(`metrics: ${res.status} ${await res.text()}`);
+  if (!res.headers.get('content-type')?.startsWith('text/plain')) throw new Error('metrics content type');
+  return parsePrometheus(await res.text());
+}

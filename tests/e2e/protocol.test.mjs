@@ -2,7 +2,7 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import WebSocket from 'ws';
-import { getJson, removeDir, Shard, startDoLake, tempStateDir, withTimeout } from './harness.mjs';
+import { getJson, getMetrics, removeDir, Shard, startDoLake, tempStateDir, withTimeout } from './harness.mjs';
 
 const bytesOf = (events) => Buffer.byteLength(JSON.stringify(events));
 
@@ -63,6 +63,19 @@ describe('protocol', () => {
     assert.equal(body.dedupStats.enabled, true);
     assert.equal(body.config.flushThresholdEvents, 10000);
     assert.equal(body.config.rateLimit.maxPayloadSize, 4 * 1024 * 1024);
+    const metrics = await getMetrics(server);
+    const one = (name) => metrics[`dolake_${name}`].samples[0].value;
+    assert.equal(one('buffer_events'), 600);
+    assert.equal(one('buffer_batches'), 15);
+    assert.equal(one('buffer_bytes'), expectedBytes);
+    assert.equal(one('events_acked_total'), 600);
+    assert.equal(one('batches_acked_total'), 15);
+    assert.equal(one('connected_sources'), 3);
+    for (const [name, family] of Object.entries(metrics)) {
+      assert.ok(name.startsWith('dolake_'), name);
+      assert.ok(['counter', 'gauge'].includes(family.type), name);
+      if (family.type === 'counter') assert.ok(name.endsWith('_total'), name);
+    }
     await Promise.all(shards.map((s) => s.close()));
   });
 
