@@ -36,7 +36,7 @@ dev: build
 test: setup lint test-native test-readers test-e2e
 
 test-native:
-	cargo test --all-targets
+	cargo test --lib --bins --tests
 
 ## The lake writer's tables read back by iceberg-rust, pyiceberg and DuckDB.
 test-readers:
