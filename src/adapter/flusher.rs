@@ -224,18 +224,22 @@ impl DoLake {
         Ok(true)
     }
 
-    /// Sets the alarm to when the schedule wants it, or deletes it when the
-    /// buffer is empty (so an idle DoLake can hibernate).
-    pub(super) async fn rearm(&self) {
-        let next = match &*self.core.borrow() {
+    /// When the schedule wants the alarm, now; `None` for no alarm.
+    fn wanted_alarm(&self) -> Option<i64> {
+        match &*self.core.borrow() {
             Core::Ready(intake) => FlushSchedule::new(intake.config()).next_alarm(
                 now_ms(),
                 intake.buffer(),
                 &self.history.borrow(),
             ),
             Core::Failed(_) => None,
-        };
-        match next {
+        }
+    }
+
+    /// Sets the alarm to when the schedule wants it, or deletes it when the
+    /// buffer is empty (so an idle DoLake can hibernate).
+    pub(super) async fn rearm(&self) {
+        match self.wanted_alarm() {
             Some(at) => self.set_alarm_at(at).await,
             None => {
                 if let Err(e) = self.state.storage().delete_alarm().await {
@@ -252,15 +256,7 @@ impl DoLake {
 
     /// Makes sure an alarm fires no later than the schedule wants.
     pub(super) async fn ensure_alarm(&self) {
-        let next = match &*self.core.borrow() {
-            Core::Ready(intake) => FlushSchedule::new(intake.config()).next_alarm(
-                now_ms(),
-                intake.buffer(),
-                &self.history.borrow(),
-            ),
-            Core::Failed(_) => None,
-        };
-        if let Some(at) = next {
+        if let Some(at) = self.wanted_alarm() {
             if self.alarm_at.get().is_none_or(|current| at < current) && !self.flush_running.get() {
                 self.set_alarm_at(at).await;
             }
