@@ -15,7 +15,7 @@ export AR_wasm32_unknown_unknown := llvm-ar
 
 DEV_PORT ?= 8787
 
-.PHONY: setup build build-test dev test test-native test-readers test-e2e lint clean
+.PHONY: setup build build-test dev test test-native test-readers test-e2e lint bench clean
 
 setup:
 	@bash scripts/setup.sh
@@ -49,6 +49,11 @@ lint:
 	cargo fmt --all -- --check
 	cargo clippy --all-targets -- -D warnings
 	cargo clippy --lib --target wasm32-unknown-unknown -- -D warnings
+
+## Performance baseline (see docs/benchmarks.md): release WASM in workerd, load generator.
+bench: build
+	cargo build --release --bin dolake-loadgen
+	node tests/bench/run.mjs
 
 clean:
 	rm -rf build target
