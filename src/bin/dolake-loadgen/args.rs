@@ -32,6 +32,7 @@ USAGE: dolake-loadgen [OPTIONS]
   --verify-timeout-s S  bound on flushing + export + check [600]
   --keep                keep the verification directory
   --out FILE            write the summary as JSON
+  --acked-out FILE      write every acked event as JSONL (verify_lake.py's --expected)
   --quiet               no progress display
   -h, --help            this text
 ";
@@ -62,6 +63,7 @@ pub struct Args {
     pub verify_timeout: Duration,
     pub keep: bool,
     pub out: Option<PathBuf>,
+    pub acked_out: Option<PathBuf>,
     pub quiet: bool,
 }
 
@@ -97,6 +99,7 @@ pub fn parse(argv: impl IntoIterator<Item = String>) -> Result<Option<Args>, Str
         verify_timeout: Duration::from_secs(600),
         keep: false,
         out: None,
+        acked_out: None,
         quiet: false,
     };
     let mut it = argv.into_iter();
@@ -165,6 +168,7 @@ pub fn parse(argv: impl IntoIterator<Item = String>) -> Result<Option<Args>, Str
             "--verify-timeout-s" => a.verify_timeout = Duration::from_secs(num(&flag, &value()?)?),
             "--keep" => a.keep = true,
             "--out" => a.out = Some(value()?.into()),
+            "--acked-out" => a.acked_out = Some(value()?.into()),
             "--quiet" => a.quiet = true,
             other => return Err(format!("unknown option {other:?} (see --help)")),
         }
@@ -194,6 +198,11 @@ pub fn parse(argv: impl IntoIterator<Item = String>) -> Result<Option<Args>, Str
 }
 
 impl Args {
+    /// Whether shards keep the acked events.
+    pub fn keep_acked(&self) -> bool {
+        self.verify || self.acked_out.is_some()
+    }
+
     /// `ws://host:port` whatever scheme `--url` used.
     pub fn ws_base(&self) -> String {
         swap_scheme(&self.url, "ws")

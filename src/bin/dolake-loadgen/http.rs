@@ -50,11 +50,41 @@ pub fn request(
     stream
         .write_all(head.as_bytes())
         .map_err(|e| format!("{method} {url}: {e}"))?;
+    // Read until the response is complete by its own framing: some servers
+    // keep the connection open for a while despite `Connection: close`.
     let mut raw = Vec::new();
-    stream
-        .read_to_end(&mut raw)
-        .map_err(|e| format!("{method} {url}: reading the response: {e}"))?;
+    let mut buf = [0u8; 64 * 1024];
+    loop {
+        if complete(&raw) {
+            break;
+        }
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(format!("{method} {url}: reading the response: {e}")),
+        }
+    }
     parse(&raw).map_err(|e| format!("{method} {url}: {e}"))
+}
+
+/// Whether `raw` holds a whole response (headers and the body they announce).
+fn complete(raw: &[u8]) -> bool {
+    let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return false;
+    };
+    let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
+    let body = &raw[end + 4..];
+    for line in head.split("\r\n") {
+        if let Some(v) = line.strip_prefix("content-length:") {
+            return v.trim().parse::<usize>().is_ok_and(|n| body.len() >= n);
+        }
+        if line.starts_with("transfer-encoding:") && line.contains("chunked") {
+            return body.ends_with(b"0\r\n\r\n") && parse(raw).is_ok();
+        }
+    }
+    // Neither: the body ends when the server closes the connection.
+    false
 }
 
 fn parse(raw: &[u8]) -> Result<Response, String> {

@@ -71,12 +71,19 @@ mod native {
             .collect();
         let elapsed = started.elapsed();
 
+        let lines: Vec<String> = reports
+            .iter()
+            .flat_map(|r| r.acked_lines.iter().cloned())
+            .collect();
+        if let Some(path) = &args.acked_out {
+            let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+            if let Err(e) = std::fs::write(path, text) {
+                eprintln!("dolake-loadgen: cannot write {}: {e}", path.display());
+                return ExitCode::FAILURE;
+            }
+        }
         let verification = args.verify.then(|| {
             eprintln!("verifying: flushing, exporting the lake, running verify_lake.py ...");
-            let lines: Vec<String> = reports
-                .iter()
-                .flat_map(|r| r.acked_lines.iter().cloned())
-                .collect();
             verify::run(&args, &lines)
         });
         let summary = summarize(&args, &reports, elapsed, verification.as_ref());

@@ -59,7 +59,7 @@ pub struct ShardReport {
     pub error: Option<String>,
     #[serde(skip)]
     pub latencies_us: Vec<u64>,
-    /// Acked events as verify_lake.py expects them (only with --verify).
+    /// Acked events as verify_lake.py expects them (only with --verify / --acked-out).
     #[serde(skip)]
     pub acked_lines: Vec<String>,
 }
@@ -183,7 +183,7 @@ impl Shard {
                     self.live.events_acked.fetch_add(n, Ordering::Relaxed);
                     self.live.batches_acked.fetch_add(1, Ordering::Relaxed);
                     self.last_ack = sequence_number as i64;
-                    if self.args.verify {
+                    if self.args.keep_acked() {
                         for e in &batch.events {
                             let mut v = serde_json::to_value(e).expect("event serializes");
                             v["sourceDoId"] = self.source.clone().into();
@@ -539,14 +539,25 @@ impl Shard {
             source_do_id: Some(self.source.clone()),
             reason: Some("load generator done".into()),
         };
+        // DoLake answers `disconnect` by closing with 1000; tungstenite
+        // replies to that close frame. Without it, close from this side.
         let _ = conn.ws.send(Message::text(typed("disconnect", &bye)));
-        let _ = conn.ws.close(None);
         let until = Instant::now() + Duration::from_secs(2);
+        let mut closing = false;
         while Instant::now() < until {
             match conn.ws.read() {
                 Ok(_) => {}
                 Err(tungstenite::Error::Io(e))
-                    if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                    if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) =>
+                {
+                    if !closing && Instant::now() + Duration::from_secs(1) >= until {
+                        closing = true;
+                        let _ = conn.ws.close(Some(tungstenite::protocol::CloseFrame {
+                            code: tungstenite::protocol::frame::coding::CloseCode::Normal,
+                            reason: "load generator done".into(),
+                        }));
+                    }
+                }
                 Err(_) => break,
             }
         }
