@@ -53,12 +53,14 @@ const inspector = http.createServer(async (req, res) => {
     } else if (u.pathname === '/get') {
       const object = await bucket.get(u.searchParams.get('key'));
       if (!object) return res.writeHead(404).end();
-      res.writeHead(200).end(Buffer.from(await object.arrayBuffer()));
+      const body = Buffer.from(await object.arrayBuffer());
+      res.writeHead(200).end(body);
     } else {
       res.writeHead(404).end();
     }
   } catch (e) {
-    res.writeHead(500).end(String(e));
+    if (!res.headersSent) res.writeHead(500);
+    res.end(String(e));
   }
 });
 await new Promise((resolve) => inspector.listen(0, '127.0.0.1', resolve));
