@@ -76,6 +76,7 @@ impl DoLake {
             history.bytes_written += result.bytes_written;
             history.files_written += result.paths.len() as u64;
             history.last_duration_ms = result.duration_ms;
+            history.continuing = result.success && more;
             if result.success {
                 history.consecutive_failures = 0;
                 history.last_success_ms = Some(end);
@@ -117,11 +118,8 @@ impl DoLake {
                 "error": result.error,
             }),
         );
-        if more {
-            self.set_alarm_at(now_ms()).await;
-        } else {
-            self.rearm().await;
-        }
+        // A flush cut by its time budget goes on from the alarm at once.
+        self.rearm().await;
         result
     }
 
@@ -135,7 +133,7 @@ impl DoLake {
         loop {
             match self.flush_step(&mut result).await {
                 Ok(false) => return Ok((result, false)),
-                Ok(true) if now_ms() - start > TIME_BUDGET_MS => return Ok((result, true)),
+                Ok(true) if now_ms() - start >= self.time_budget_ms() => return Ok((result, true)),
                 Ok(true) => {}
                 Err(e) => return Err((result, e)),
             }
@@ -222,6 +220,17 @@ impl DoLake {
             intake.set_buffer(totals);
         }
         Ok(true)
+    }
+
+    fn time_budget_ms(&self) -> i64 {
+        match &self.lake {
+            Ok(lake) => lake
+                .faults
+                .borrow()
+                .time_budget_ms
+                .unwrap_or(TIME_BUDGET_MS),
+            Err(_) => TIME_BUDGET_MS,
+        }
     }
 
     /// When the schedule wants the alarm, now; `None` for no alarm.

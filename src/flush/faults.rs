@@ -45,6 +45,9 @@ pub struct FaultPlan {
     pub fail_until_ms: Option<i64>,
     /// Pause the flush (for a long time) once this step is done.
     pub pause_after: Option<CommitStep>,
+    /// Replaces the flush's time budget (ms), to make flushes continue
+    /// across alarms with little data.
+    pub time_budget_ms: Option<i64>,
     #[serde(skip)]
     puts_seen: u64,
 }

@@ -58,6 +58,8 @@ pub enum FlushTrigger {
     Interval,
     /// A `flush_request` or `POST /flush`.
     Request,
+    /// A flush that used its time budget goes on.
+    Continue,
     /// A failed flush is retried.
     Retry,
 }
@@ -71,6 +73,7 @@ impl FlushTrigger {
             FlushTrigger::Age => "age",
             FlushTrigger::Interval => "interval",
             FlushTrigger::Request => "request",
+            FlushTrigger::Continue => "continue",
             FlushTrigger::Retry => "retry",
         }
     }
@@ -100,6 +103,9 @@ pub struct FlushHistory {
     pub files_written: u64,
     /// Wall time of the last flush, ms.
     pub last_duration_ms: u64,
+    /// The last flush stopped at its time budget with batches left: the
+    /// next alarm goes on at once, whatever the thresholds say.
+    pub continuing: bool,
 }
 
 /// First retry delay after a failed flush, ms; doubles up to [`MAX_BACKOFF_MS`].
@@ -142,6 +148,9 @@ impl<'a> FlushSchedule<'a> {
         if history.consecutive_failures > 0 {
             return (now >= self.retry_at(history)).then_some(FlushTrigger::Retry);
         }
+        if history.continuing {
+            return Some(FlushTrigger::Continue);
+        }
         if let Some(t) = self.threshold_reached(totals) {
             return Some(t);
         }
@@ -165,7 +174,7 @@ impl<'a> FlushSchedule<'a> {
         if history.consecutive_failures > 0 {
             return Some(self.retry_at(history).max(now));
         }
-        if self.threshold_reached(totals).is_some() {
+        if history.continuing || self.threshold_reached(totals).is_some() {
             return Some(now);
         }
         let oldest = totals.oldest_ms.unwrap_or(now);

@@ -184,3 +184,30 @@ fn commits_carry_every_buffer_mark_forward() {
     let bad = BTreeMap::from([("other".to_string(), "1".to_string())]);
     assert!(plan_commit_with_marks(&events, None, &options, &ids(4), &bad).is_err());
 }
+
+#[test]
+fn a_flush_cut_by_its_time_budget_goes_on_at_once() {
+    let c = config("{}");
+    let s = FlushSchedule::new(&c);
+    let t = totals(100, 1_000, 1_000, 0);
+    let mut h = FlushHistory {
+        last_success_ms: Some(10),
+        continuing: true,
+        ..FlushHistory::default()
+    };
+    assert_eq!(s.due(20, &t, &h), Some(FlushTrigger::Continue));
+    assert_eq!(s.next_alarm(20, &t, &h), Some(20));
+    h.continuing = false;
+    assert_eq!(s.due(20, &t, &h), None, "otherwise the thresholds decide");
+    assert_eq!(
+        s.due(
+            20,
+            &BufferTotals::default(),
+            &FlushHistory {
+                continuing: true,
+                ..h
+            }
+        ),
+        None
+    );
+}

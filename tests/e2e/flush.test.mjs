@@ -11,7 +11,7 @@ const QUIET = { flushThresholdEvents: 1_000_000_000, flushThresholdBytes: 50_000
 
 async function withServer(config, fn) {
   const stateDir = tempStateDir();
-  const server = await startDoLake({ stateDir, config });
+  const server = await startDoLake({ stateDir, config, hooks: true });
   try {
     return await fn(server, stateDir);
   } finally {
@@ -130,5 +130,35 @@ describe('lake contents', () => {
     assert.equal(code, 0, out);
     for (const t of tables) assert.match(out, new RegExp(`${t}: ok rows=${acked.filter((e) => e.table === t).length}`));
     await Promise.all(shards.map((s) => s.close()));
+  }));
+});
+
+describe('long flushes', () => {
+  test('a flush cut by its time budget goes on from the next alarm until the buffer is empty', () => withServer(QUIET, async (server, stateDir) => {
+    const r = await getJson(`${server.url}/lakehouse/_test/faults`, { method: 'POST', body: JSON.stringify({ timeBudgetMs: 0 }) });
+    assert.equal(r.status, 200);
+    const shard = await new Shard(server.wsUrl, { sourceDoId: 'long' }).open();
+    const acked = [];
+    for (let b = 0; b < 24; b++) {
+      const events = shard.makeEvents(1000, ['users', 'orders']);
+      for (const e of events) if (e.after) e.after.pad = 'p'.repeat(300);
+      assert.equal((await shard.send(shard.batchMessage(events))).status, 'ok');
+      acked.push(...events.map((e) => ({ sourceDoId: 'long', ...e })));
+    }
+    assert.ok((await status(server)).buffer.totalSizeBytes > 8 * 1024 * 1024, 'more than two 4 MiB steps');
+    const res = await getJson(`${server.url}/lakehouse/flush`, { method: 'POST' });
+    assert.equal(res.body.success, true);
+    assert.ok(res.body.eventsFlushed < acked.length, 'the request flushed one step only');
+    await waitFor(async () => (await status(server)).buffer.eventCount === 0, 60_000, 'the continuation alarms');
+    assert.ok(server.logs.some((l) => l.includes('"trigger":"continue"')), 'continued by the alarm');
+    const s = await status(server);
+    assert.ok(s.flush.history.flushes >= 3);
+    assert.equal(s.flush.history.eventsFlushed, acked.length);
+    const warehouse = path.join(stateDir, 'export', 'warehouse');
+    mkdirSync(warehouse, { recursive: true });
+    await exportLake(server, warehouse);
+    const { code, out } = await verifyLake({ warehouse, events: acked });
+    assert.equal(code, 0, out);
+    await shard.close();
   }));
 });
