@@ -36,9 +36,8 @@ DOLAKE_READERS_OUT="$out" cargo test --quiet --test readers -- --nocapture
 
 # 3. iceberg-rust (a separate crate: heavy, native only).
 echo "== reading with iceberg-rust"
-# A debug build: it compiles much faster and reads these small tables quickly.
-cargo build --quiet --manifest-path tests/readers/iceberg-rs-reader/Cargo.toml
-tests/readers/iceberg-rs-reader/target/debug/iceberg-rs-reader \
+cargo build --quiet --release --manifest-path tests/readers/iceberg-rs-reader/Cargo.toml
+tests/readers/iceberg-rs-reader/target/release/iceberg-rs-reader \
   "$out/tables.json" "$out/iceberg-rs"
 
 # 4. pyiceberg, DuckDB, and the comparison of all three.
