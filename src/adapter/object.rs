@@ -84,7 +84,25 @@ pub(super) fn now_ms() -> i64 {
     worker::Date::now().as_millis() as i64
 }
 
+/// Lowest level logged (0 debug, 1 info, 2 warn, 3 error): `DOLAKE_LOG_LEVEL`.
+static LOG_LEVEL: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(1);
+
+fn level_rank(level: &str) -> Option<u8> {
+    match level {
+        "debug" => Some(0),
+        "info" => Some(1),
+        "warn" => Some(2),
+        "error" => Some(3),
+        _ => None,
+    }
+}
+
+/// One JSON line per event, if `level` is at or above `DOLAKE_LOG_LEVEL`.
 pub(super) fn log(level: &str, event: &str, fields: serde_json::Value) {
+    let rank = level_rank(level).unwrap_or(1);
+    if rank < LOG_LEVEL.load(std::sync::atomic::Ordering::Relaxed) {
+        return;
+    }
     let mut line = serde_json::json!({"level": level, "event": event, "time": now_ms()});
     if let (Some(line), serde_json::Value::Object(fields)) = (line.as_object_mut(), fields) {
         line.extend(fields);
@@ -100,6 +118,17 @@ impl DurableObject for DoLake {
     fn new(state: State, env: Env) -> Self {
         console_error_panic_hook::set_once();
         let constructed_at = now_ms();
+        if let Ok(level) = env.var("DOLAKE_LOG_LEVEL") {
+            let level = level.to_string();
+            match level_rank(&level) {
+                Some(rank) => LOG_LEVEL.store(rank, std::sync::atomic::Ordering::Relaxed),
+                None => log(
+                    "warn",
+                    "bad_log_level",
+                    serde_json::json!({"value": level, "expected": "debug, info, warn or error"}),
+                ),
+            }
+        }
         // `ping` is answered by the runtime itself, even while hibernated.
         if let Ok(pair) = WebSocketRequestResponsePair::new("ping", "pong") {
             state.set_websocket_auto_response(&pair);

@@ -14,6 +14,10 @@ import { getJson, removeDir, startDoLake, tempStateDir, waitFor, withTimeout } f
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const quick = process.argv.includes('--quick');
+// --flush-only N: only the flush scenarios of N events (both codecs).
+const flushOnly = process.argv.includes('--flush-only') ? Number(process.argv[process.argv.indexOf('--flush-only') + 1]) : null;
+// --intake-only N: only the intake scenarios with N shards.
+const intakeOnly = process.argv.includes('--intake-only') ? Number(process.argv[process.argv.indexOf('--intake-only') + 1]) : null;
 const loadgen = path.join(root, 'target/release/dolake-loadgen');
 const outDir = path.join(root, 'target/bench');
 mkdirSync(outDir, { recursive: true });
@@ -47,7 +51,8 @@ function runLoadgen(args) {
 
 async function intake(shards, batchSize) {
   // Buffer big enough that intake is measured, not backpressure.
-  const config = { ...QUIET, maxBufferSize: 1024 * 1024 * 1024, flushThresholdBytes: 1024 * 1024 * 1024 };
+  // All shards connect from 127.0.0.1: lift the per-IP limit (default 10).
+  const config = { ...QUIET, maxBufferSize: 1024 * 1024 * 1024, flushThresholdBytes: 1024 * 1024 * 1024, rateLimit: { maxConnectionsPerIp: 1000 } };
   return withServer(config, async (server) => {
     const r = await runLoadgen(['--url', server.wsUrl, '--shards', String(shards), '--duration-s', quick ? '3' : '10',
       '--batch-size', String(batchSize), '--row-bytes', '200', '--tables', 'users,orders,items', '--seed', '7']);
@@ -60,7 +65,16 @@ async function intake(shards, batchSize) {
 async function flush(events, codec) {
   const config = { ...QUIET, maxBufferSize: 1024 * 1024 * 1024, flushThresholdBytes: 1024 * 1024 * 1024, parquetCompression: codec };
   return withServer(config, async (server) => {
-    const status = async () => (await getJson(`${server.url}/lakehouse/status`)).body;
+    // During a long flush a status request can wait behind a flush step: retry.
+    const status = async () => {
+      for (let attempt = 1; ; attempt++) {
+        try {
+          return (await getJson(`${server.url}/lakehouse/status`)).body;
+        } catch (e) {
+          if (attempt >= 30) throw e;
+        }
+      }
+    };
     const shards = 4;
     const r = await runLoadgen(['--url', server.wsUrl, '--shards', String(shards), '--batches', String(Math.ceil(events / shards / 1000)),
       '--batch-size', '1000', '--row-bytes', '200', '--tables', 'users,orders,items', '--seed', '11']);
@@ -82,14 +96,14 @@ const wasm = path.join(root, 'build/index_bg.wasm');
 results.wasm = { rawBytes: statSync(wasm).size, gzipBytes: gzipSync(readFileSync(wasm), { level: 9 }).length };
 results.commit = execFileSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: root }).toString().trim();
 
-for (const shards of quick ? [1, 10] : [1, 10, 50]) {
+for (const shards of flushOnly ? [] : intakeOnly ? [intakeOnly] : quick ? [1, 10] : [1, 10, 50]) {
   for (const batchSize of [100, 1000]) {
     const row = await intake(shards, batchSize);
     results.rows.push(row);
     console.log(JSON.stringify(row));
   }
 }
-for (const events of quick ? [10_000] : [10_000, 100_000, 1_000_000]) {
+for (const events of intakeOnly ? [] : flushOnly ? [flushOnly] : quick ? [10_000] : [10_000, 100_000, 1_000_000]) {
   for (const codec of ['snappy', 'zstd']) {
     const row = await flush(events, codec);
     results.rows.push(row);

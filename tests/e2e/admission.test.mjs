@@ -137,6 +137,19 @@ describe('authentication', () => {
       const s = await status(server);
       assert.match(s.authentication, /disabled/);
       assert.ok(server.logs.some((l) => l.includes('no_authentication')));
+      const line = JSON.parse(server.logs.find((l) => l.includes('no_authentication')));
+      assert.equal(line.level, 'warn', 'logs are one JSON object per line');
+      assert.ok(server.logs.some((l) => l.includes('"event":"started"')), 'info is logged by default');
+    }));
+
+  test('DOLAKE_LOG_LEVEL=error keeps only errors', () =>
+    withServer({ logLevel: 'error' }, async (server) => {
+      const shard = await new Shard(server.wsUrl, { sourceDoId: 'quiet' }).open();
+      shard.sendRaw('{not json');
+      await shard.next((m) => m.type === 'nack');
+      await shard.close();
+      const json = server.logs.filter((l) => l.startsWith('{'));
+      assert.ok(!json.some((l) => /"level":"(info|warn)"/.test(l)), json.join('\n'));
     }));
 });
 

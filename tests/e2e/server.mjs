@@ -15,6 +15,7 @@ const bindings = {};
 if (process.env.DOLAKE_CONFIG !== undefined) bindings.DOLAKE_CONFIG = process.env.DOLAKE_CONFIG;
 if (process.env.DOLAKE_TEST_HOOKS) bindings.DOLAKE_TEST_HOOKS = process.env.DOLAKE_TEST_HOOKS;
 if (process.env.DOLAKE_AUTH_TOKEN) bindings.DOLAKE_AUTH_TOKEN = process.env.DOLAKE_AUTH_TOKEN;
+if (process.env.DOLAKE_LOG_LEVEL) bindings.DOLAKE_LOG_LEVEL = process.env.DOLAKE_LOG_LEVEL;
 
 const mf = new Miniflare({
   rootPath: root,
