@@ -3,6 +3,7 @@
 // DuckDB read back exactly (every acked event once).
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import { mkdirSync } from 'node:fs';
 import path from 'node:path';
 import { exportLake, getJson, removeDir, Shard, sleep, startDoLake, tempStateDir, verifyLake, waitFor } from './harness.mjs';
@@ -161,4 +162,43 @@ describe('long flushes', () => {
     assert.equal(code, 0, out);
     await shard.close();
   }));
+});
+
+describe('codecs and partitioning in WASM', () => {
+  for (const [codec, partitionBy, expected] of [['none', 'none', 'UNCOMPRESSED'], ['gzip', 'hour', 'GZIP'], ['zstd', 'day', 'ZSTD'], ['snappy', 'day', 'SNAPPY']]) {
+    test(`parquetCompression ${codec}, partitionBy ${partitionBy}: written by the worker, read back exactly`, () =>
+      withServer({ ...QUIET, parquetCompression: codec, partitionBy }, async (server, stateDir) => {
+        const shard = await new Shard(server.wsUrl, { sourceDoId: `codec-${codec}` }).open();
+        const acked = [];
+        for (let b = 0; b < 2; b++) {
+          const message = shard.batchMessage(shard.makeEvents(40, ['users', 'orders']));
+          assert.equal((await shard.send(message)).status, 'ok');
+          acked.push(...message.events.map((e) => ({ sourceDoId: shard.sourceDoId, ...e })));
+        }
+        const res = await getJson(`${server.url}/lakehouse/flush`, { method: 'POST' });
+        assert.equal(res.body.success, true, JSON.stringify(res.body));
+        const warehouse = path.join(stateDir, 'export', 'warehouse');
+        mkdirSync(warehouse, { recursive: true });
+        await exportLake(server, warehouse);
+        const { code, out } = await verifyLake({ warehouse, events: acked });
+        assert.equal(code, 0, out);
+        // The codec and the partition spec are what the config asked for.
+        const python = path.resolve('.tools/venv/bin/python');
+        const script = `
+import glob, json, sys
+import pyarrow.parquet as pq
+files = glob.glob(sys.argv[1] + '/default/users/data/**/*.parquet', recursive=True)
+codecs = {pq.ParquetFile(f).metadata.row_group(0).column(0).compression for f in files}
+meta = sorted(glob.glob(sys.argv[1] + '/default/users/metadata/v*.metadata.json'), key=lambda p: int(p.rsplit('/v', 1)[1].split('.')[0]))[-1]
+spec = json.load(open(meta))['partition-specs']
+print(json.dumps({'codecs': sorted(codecs), 'spec': spec}))`;
+        const { stdout } = spawnSync(python, ['-c', script, warehouse], { encoding: 'utf8', timeout: 60_000 });
+        const seen = JSON.parse(stdout);
+        assert.deepEqual(seen.codecs, [expected]);
+        const fields = seen.spec.at(-1).fields;
+        if (partitionBy === 'none') assert.equal(fields.length, 0);
+        else assert.equal(fields[0].transform, partitionBy);
+        await shard.close();
+      }));
+  }
 });
