@@ -834,6 +834,12 @@ impl DoLake {
             sum(|s| s.batches_received),
         )
         .single(
+            "events_received_total",
+            Kind::Counter,
+            "Events received in cdc_batch messages.",
+            sum(|s| s.events_received),
+        )
+        .single(
             "batches_acked_total",
             Kind::Counter,
             "Batches stored and acked.",

@@ -245,6 +245,7 @@ impl Intake {
             .unwrap_or_else(|| SourceState::new(&batch.source_do_id, now));
         source.last_seen_ms = now;
         source.batches_received += 1;
+        source.events_received += batch.events.len() as u64;
         source.last_received_sequence = source.last_received_sequence.max(Some(seq));
         if let Some(name) = &batch.source_shard_name {
             source.shard_name = Some(name.clone());

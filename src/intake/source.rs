@@ -25,6 +25,8 @@ pub struct SourceState {
     pub client_last_ack_sequence: Option<i64>,
     /// Batches received (including refused and duplicates).
     pub batches_received: u64,
+    /// Events received in batches (including refused and duplicate ones).
+    pub events_received: u64,
     /// Batches acked as newly stored.
     pub batches_acked: u64,
     /// Events stored.
@@ -66,6 +68,7 @@ impl SourceState {
             "lastAckedSequence": self.last_acked_sequence,
             "clientLastAckSequence": self.client_last_ack_sequence,
             "batchesReceived": self.batches_received,
+            "eventsReceived": self.events_received,
             "batchesAcked": self.batches_acked,
             "eventsAcked": self.events_acked,
             "bytesAcked": self.bytes_acked,

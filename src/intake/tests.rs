@@ -111,6 +111,7 @@ fn a_resent_batch_is_a_duplicate_and_stored_once() {
     assert!(rec.is_none());
     assert_eq!(i.buffer().events, 10);
     assert_eq!(i.source("a").unwrap().duplicate_batches, 1);
+    assert_eq!(i.source("a").unwrap().events_received, 20);
     // The same sequence number from another source is not a duplicate.
     let (m, _) = send(&mut i, 2, batch("b", 5, 0..10));
     assert_eq!(ack(&m).status, AckStatus::Ok);

@@ -69,6 +69,7 @@ describe('protocol', () => {
     assert.equal(one('buffer_batches'), 15);
     assert.equal(one('buffer_bytes'), expectedBytes);
     assert.equal(one('events_acked_total'), 600);
+    assert.equal(one('events_received_total'), 600);
     assert.equal(one('batches_acked_total'), 15);
     assert.equal(one('connected_sources'), 3);
     for (const [name, family] of Object.entries(metrics)) {
