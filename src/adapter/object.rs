@@ -212,6 +212,23 @@ impl DurableObject for DoLake {
                     format!("the R2 binding LAKEHOUSE_BUCKET is missing: {e}"),
                 )
             });
+        // Whatever is buffered must have an alarm, even if the process died
+        // between storing a batch and setting it: make sure one exists.
+        if matches!(&core, Core::Ready(intake) if intake.buffer().batches > 0) {
+            let storage = state.storage();
+            state.wait_until(async move {
+                if let Ok(None) = storage.get_alarm().await {
+                    let soon = worker::ScheduledTime::from(std::time::Duration::from_secs(1));
+                    if let Err(e) = storage.set_alarm(soon).await {
+                        log(
+                            "error",
+                            "alarm_set_failed",
+                            serde_json::json!({"error": e.to_string()}),
+                        );
+                    }
+                }
+            });
+        }
         Self {
             state,
             store,
