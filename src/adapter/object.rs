@@ -493,19 +493,18 @@ fn error_response(error: &Error) -> Result<Response> {
 
 impl DoLake {
     fn accept(&self, req: &Request) -> Result<Response> {
-        if let Core::Failed(e) = &*self.core.borrow() {
-            let e = Error::new(
-                e.kind(),
-                format!("DoLake is not accepting connections: {}", e.message()),
-            );
-            return json_response(&e.to_json(), 503);
-        }
-        let header = |name: &str| req.headers().get(name).ok().flatten();
-        let ip = header("CF-Connecting-IP");
         let limits = match &*self.core.borrow() {
             Core::Ready(intake) => intake.config().rate_limit.clone(),
-            Core::Failed(e) => return error_response(e),
+            Core::Failed(e) => {
+                let e = Error::new(
+                    e.kind(),
+                    format!("DoLake is not accepting connections: {}", e.message()),
+                );
+                return json_response(&e.to_json(), 503);
+            }
         };
+        let header = |name: &str| req.headers().get(name).ok().flatten();
+        let ip = header("CF-Connecting-IP");
         let now = now_ms();
         let open_from_ip = ip.as_ref().map_or(0, |ip| {
             self.state
