@@ -38,9 +38,11 @@ test: setup lint test-native test-readers test-e2e
 test-native:
 	cargo test --lib --bins --tests
 
-## The lake writer's tables read back by iceberg-rust, pyiceberg and DuckDB.
+## The lake writer's tables read back by iceberg-rust, pyiceberg and DuckDB,
+## and the tests of the e2e lake verifier (it must catch drops, dups, changes).
 test-readers:
 	bash tests/readers/run.sh
+	.tools/venv/bin/python -m pytest -q -p no:cacheprovider tests/e2e/test_verify_lake.py
 
 test-e2e: build-test
 	node --test --test-concurrency=1 'tests/e2e/*.test.mjs'
