@@ -11,6 +11,8 @@ use std::fmt;
 pub enum ErrorKind {
     /// The message could not be understood (bad JSON, wrong shape, bad values).
     InvalidFormat,
+    /// A source's sequence numbers cannot be tracked (too sparse).
+    InvalidSequence,
     /// The durable buffer is over `maxBufferSize`; retry after a flush.
     BufferFull,
     /// The sender exceeded a rate limit; retry later.
@@ -40,6 +42,7 @@ impl ErrorKind {
             ErrorKind::InvalidFormat | ErrorKind::NotFound | ErrorKind::MethodNotAllowed => {
                 "invalid_format"
             }
+            ErrorKind::InvalidSequence => "invalid_sequence",
             ErrorKind::BufferFull => "buffer_full",
             ErrorKind::RateLimited => "rate_limited",
             ErrorKind::PayloadTooLarge => "payload_too_large",
@@ -65,7 +68,7 @@ impl ErrorKind {
     /// The HTTP status for this kind.
     pub fn http_status(self) -> u16 {
         match self {
-            ErrorKind::InvalidFormat => 400,
+            ErrorKind::InvalidFormat | ErrorKind::InvalidSequence => 400,
             ErrorKind::NotFound => 404,
             ErrorKind::MethodNotAllowed => 405,
             ErrorKind::PayloadTooLarge | ErrorKind::EventTooLarge => 413,
@@ -80,6 +83,7 @@ impl ErrorKind {
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorKind::InvalidFormat => "invalid_format",
+            ErrorKind::InvalidSequence => "invalid_sequence",
             ErrorKind::BufferFull => "buffer_full",
             ErrorKind::RateLimited => "rate_limited",
             ErrorKind::PayloadTooLarge => "payload_too_large",
@@ -165,6 +169,8 @@ mod tests {
         assert_eq!(ErrorKind::BufferFull.nack_reason(), "buffer_full");
         assert!(ErrorKind::BufferFull.should_retry());
         assert!(!ErrorKind::InvalidFormat.should_retry());
+        assert_eq!(ErrorKind::InvalidSequence.nack_reason(), "invalid_sequence");
+        assert!(!ErrorKind::InvalidSequence.should_retry());
         assert!(!ErrorKind::PayloadTooLarge.should_retry());
         assert_eq!(ErrorKind::PayloadTooLarge.http_status(), 413);
         assert_eq!(ErrorKind::NotFound.http_status(), 404);

@@ -328,18 +328,14 @@ impl Intake {
         }
         payload.push(']');
         if pending.range_count() > MAX_WATERMARK_RANGES {
-            let error = Error::invalid(format!(
-                "event sequences of source {:?} are too sparse to track (more than {MAX_WATERMARK_RANGES} gaps); send increasing sequences",
-                source.source_id
-            ));
-            return self.refuse_batch_with(
-                now,
-                source,
-                seq,
-                correlation_id,
-                "invalid_sequence",
-                &error,
+            let error = Error::new(
+                ErrorKind::InvalidSequence,
+                format!(
+                    "event sequences of source {:?} are too sparse to track (more than {MAX_WATERMARK_RANGES} gaps); send increasing sequences",
+                    source.source_id
+                ),
             );
+            return self.refuse_batch(now, source, seq, correlation_id, &error, None);
         }
 
         let mut fallback = false;
@@ -484,24 +480,6 @@ impl Intake {
         source.batches_nacked += 1;
         self.sources.insert(source.source_id.clone(), source);
         Admission::Reply(nack(now, error, Some(seq), correlation_id, max_size))
-    }
-
-    fn refuse_batch_with(
-        &mut self,
-        now: i64,
-        source: SourceState,
-        seq: u64,
-        correlation_id: Option<String>,
-        reason: &str,
-        error: &Error,
-    ) -> Admission {
-        match self.refuse_batch(now, source, seq, correlation_id, error, None) {
-            Admission::Reply(ServerMessage::Nack(mut n)) => {
-                n.reason = reason.to_string();
-                Admission::Reply(ServerMessage::Nack(n))
-            }
-            other => other,
-        }
     }
 
     fn details(&self) -> AckDetails {
