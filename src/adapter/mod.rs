@@ -1,43 +1,100 @@
 //! The Cloudflare glue (wasm32 only): the Worker's `fetch` entry point, which
-//! routes to a DoLake instance, and the `DoLake` Durable Object, which performs
-//! what the core decides: WebSockets, SQLite storage, logs.
+//! authenticates and routes to a DoLake instance, and the `DoLake` Durable
+//! Object, which performs what the core decides: WebSockets, SQLite storage,
+//! logs.
 
 mod flusher;
 mod object;
 mod r2;
 mod store;
 
-use worker::{event, Context, Env, Request, Response, Result};
+use worker::{event, Context, Env, Method, Request, Response, Result};
+
+use crate::admission::{front_door, FrontDoor};
 
 /// A JSON response with a status.
 pub(crate) fn json_response(body: &serde_json::Value, status: u16) -> Result<Response> {
     Ok(Response::from_json(body)?.with_status(status))
 }
 
-/// The instance a request goes to: `lakehouse-{table}` when a `table` query
-/// parameter is given, else `default` (the guide's "Multiple DoLake Instances").
-fn instance_name(url: &worker::Url) -> String {
-    match url.query_pairs().find(|(k, _)| k == "table") {
-        Some((_, table)) if !table.is_empty() => format!("lakehouse-{table}"),
-        _ => "default".to_string(),
-    }
+/// The shared secret (`DOLAKE_AUTH_TOKEN`, a secret or else a var), when set
+/// and not empty; read the same way as the object does.
+fn auth_token(env: &Env) -> Option<String> {
+    env.secret("DOLAKE_AUTH_TOKEN")
+        .map(|s| s.to_string())
+        .or_else(|_| env.var("DOLAKE_AUTH_TOKEN").map(|v| v.to_string()))
+        .ok()
+        .filter(|t| !t.is_empty())
 }
 
+/// The 401 of the Worker and of the object (same body as always).
+pub(crate) fn unauthorized_response() -> Result<Response> {
+    let mut res = json_response(
+        &serde_json::json!({
+            "error": "missing or wrong `Authorization: Bearer <token>`",
+            "kind": "unauthorized",
+            "status": 401,
+        }),
+        401,
+    )?;
+    res.headers_mut()
+        .set("WWW-Authenticate", "Bearer realm=\"dolake\"")?;
+    Ok(res)
+}
+
+/// The Worker: decides on every request before a Durable Object is named
+/// (see [`front_door`]); getting a stub creates the instance, and its
+/// constructor writes storage, so refusals and the unauthenticated health
+/// check are answered here.
 #[event(fetch)]
 async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
     let url = req.url()?;
-    let path = url.path();
-    if path == "/ws" || path.starts_with("/ws/") || path.starts_with("/lakehouse") {
-        let namespace = env.durable_object("DOLAKE")?;
-        let stub = namespace.id_from_name(&instance_name(&url))?.get_stub()?;
-        return stub.fetch_with_request(req).await;
+    let path = url.path().to_string();
+    let table = url
+        .query_pairs()
+        .find(|(k, _)| k == "table")
+        .map(|(_, v)| v.into_owned());
+    let secret = auth_token(&env);
+    let authorization = req.headers().get("Authorization")?;
+    let door = front_door(
+        &path,
+        req.method() == Method::Get,
+        table.as_deref(),
+        authorization.as_deref(),
+        secret.as_deref(),
+    );
+    match door {
+        FrontDoor::Instance(name) => {
+            let namespace = env.durable_object("DOLAKE")?;
+            let stub = namespace.id_from_name(&name)?.get_stub()?;
+            stub.fetch_with_request(req).await
+        }
+        FrontDoor::WorkerHealth => {
+            json_response(&serde_json::json!({"status": "ok", "scope": "worker"}), 200)
+        }
+        FrontDoor::Unauthorized => {
+            // The object is never asked, so it cannot count this refusal: the
+            // log line is the record (DOLAKE_LOG_LEVEL=error silences it).
+            let quiet = env
+                .var("DOLAKE_LOG_LEVEL")
+                .is_ok_and(|v| v.to_string() == "error");
+            if !quiet {
+                object::log(
+                    "warn",
+                    "unauthorized",
+                    serde_json::json!({"path": path, "scope": "worker"}),
+                );
+            }
+            unauthorized_response()
+        }
+        FrontDoor::BadTable(e) => json_response(&e.to_json(), e.kind().http_status()),
+        FrontDoor::NotFound => json_response(
+            &serde_json::json!({
+                "error": format!("no route for {path}; use /ws or /lakehouse/*"),
+                "kind": "not_found",
+                "status": 404,
+            }),
+            404,
+        ),
     }
-    json_response(
-        &serde_json::json!({
-            "error": format!("no route for {path}; use /ws or /lakehouse/*"),
-            "kind": "not_found",
-            "status": 404,
-        }),
-        404,
-    )
 }

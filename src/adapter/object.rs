@@ -277,19 +277,18 @@ impl DurableObject for DoLake {
             .headers()
             .get("Upgrade")?
             .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+        // Defence in depth: the Worker already refused unauthenticated
+        // requests before naming this instance; this 401 writes no storage.
         if let Some(secret) = &self.auth_token {
             let given = req.headers().get("Authorization")?;
             if route != "/health" && !check_token(given.as_deref(), secret) {
                 self.count_refusal("unauthorized");
-                log("warn", "unauthorized", serde_json::json!({"path": path}));
-                return json_response(
-                    &serde_json::json!({
-                        "error": "missing or wrong `Authorization: Bearer <token>`",
-                        "kind": "unauthorized",
-                        "status": 401,
-                    }),
-                    401,
+                log(
+                    "warn",
+                    "unauthorized",
+                    serde_json::json!({"path": path, "scope": "instance"}),
                 );
+                return super::unauthorized_response();
             }
         }
         match (route, req.method()) {
@@ -739,12 +738,21 @@ impl DoLake {
         }
     }
 
-    /// Counts a refusal by reason (persisted, so counters never go back).
+    /// Counts a refusal by reason. Persisted, so counters never go back,
+    /// except `unauthorized`: a request that failed authentication must not
+    /// write storage, so that count lives in memory only (refusals by this
+    /// instance since it was constructed; never written, not even along with
+    /// another reason's count).
     fn count_refusal(&self, reason: &str) {
         let mut refusals = self.refusals.borrow_mut();
         *refusals.entry(reason.to_string()).or_default() += 1;
+        if reason == "unauthorized" {
+            return;
+        }
         if let Some(store) = &self.store {
-            let _ = store.save_json("refusals", &*refusals);
+            let mut persisted = refusals.clone();
+            persisted.remove("unauthorized");
+            let _ = store.save_json("refusals", &persisted);
         }
     }
 

@@ -7,7 +7,10 @@
 //!   or in storage (connections), so it survives hibernation.
 //! - [`ConnectionGate`]: decides on a WebSocket upgrade.
 //! - [`MessageGate`]: per-connection state: message bucket and size strikes.
-//! - [`check_token`]: the shared secret, compared in constant time.
+//! - [`check_token`]: the bearer token, compared in constant time.
+//! - [`front_door`]: what the Worker does with a request before any Durable
+//!   Object is involved (route, 400, 401, or its own health answer), so that
+//!   no unauthenticated request creates an instance or writes storage.
 
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
@@ -201,14 +204,94 @@ impl MessageGate {
     }
 }
 
-/// Checks an `Authorization` header against the shared secret in constant
-/// time (for equal lengths; the length itself is not secret-dependent data
-/// worth hiding once the header format is known).
+/// Checks an `Authorization` header against the shared secret.
+///
+/// The header must be `<scheme> <token>` with the scheme `Bearer` in any case
+/// (RFC 7235: auth schemes are case-insensitive, so `bearer x` and `BEARER x`
+/// pass) and one or more spaces before the token (RFC 7235's `1*SP`). The
+/// token must equal `secret` byte for byte: no trimming, so a trailing space or
+/// a tab is part of the token and fails. The token is compared in constant
+/// time for equal lengths (the length itself is not worth hiding); the scheme
+/// is not secret and is compared plainly. An empty `secret` matches nothing.
 pub fn check_token(authorization: Option<&str>, secret: &str) -> bool {
-    let Some(given) = authorization.and_then(|h| h.strip_prefix("Bearer ")) else {
+    let Some((scheme, rest)) = authorization.and_then(|h| h.split_once(' ')) else {
         return false;
     };
+    if secret.is_empty() || !scheme.eq_ignore_ascii_case("bearer") {
+        return false;
+    }
+    let given = rest.trim_start_matches(' ');
     given.as_bytes().ct_eq(secret.as_bytes()).into()
+}
+
+/// What the Worker does with a request, decided before any Durable Object is
+/// named: a Durable Object is created (and its constructor writes storage) as
+/// soon as a stub is fetched, so every refusal must happen here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FrontDoor {
+    /// Forward to the DoLake instance of this name.
+    Instance(String),
+    /// `GET /lakehouse/health` without valid credentials while authentication
+    /// is on: the Worker answers `{"status":"ok","scope":"worker"}` itself.
+    WorkerHealth,
+    /// 401 `unauthorized`: authentication is on and the request lacks a valid
+    /// `Authorization: Bearer <token>`.
+    Unauthorized,
+    /// 400 `invalid_format`: the `table` query parameter breaks the lake's
+    /// table name rule (the error names it).
+    BadTable(crate::Error),
+    /// 404: not a DoLake route (`/ws`, `/ws/...`, `/lakehouse...`).
+    NotFound,
+}
+
+/// The path of the health check that needs no token.
+pub const HEALTH_PATH: &str = "/lakehouse/health";
+
+/// Decides on a request at the Worker.
+///
+/// - `path`: the URL path; `is_get`: whether the method is GET;
+/// - `table`: the first `table` query parameter, percent-decoded;
+/// - `authorization`: the `Authorization` header; `secret`: the configured
+///   `DOLAKE_AUTH_TOKEN` (`None` or empty: authentication is off).
+///
+/// In this order: a path that is no DoLake route is 404; a non-empty `table`
+/// must pass [`crate::lake::validate_name`] (else 400, whoever asks: the name
+/// is checked before the credentials, as it decides which instance would be
+/// asked, and the rule is public); then, with authentication on, a request
+/// without a valid token is 401, except `GET /lakehouse/health`, answered by
+/// the Worker. Only then is an instance named: `lakehouse-{table}` for a
+/// non-empty `table`, else `default` (the guide's "Multiple DoLake
+/// Instances").
+pub fn front_door(
+    path: &str,
+    is_get: bool,
+    table: Option<&str>,
+    authorization: Option<&str>,
+    secret: Option<&str>,
+) -> FrontDoor {
+    let routed = path == "/ws" || path.starts_with("/ws/") || path.starts_with("/lakehouse");
+    if !routed {
+        return FrontDoor::NotFound;
+    }
+    let table = table.filter(|t| !t.is_empty());
+    if let Some(table) = table {
+        if let Err(e) = crate::lake::validate_name("table", table) {
+            return FrontDoor::BadTable(e);
+        }
+    }
+    if let Some(secret) = secret.filter(|s| !s.is_empty()) {
+        if !check_token(authorization, secret) {
+            return if is_get && path == HEALTH_PATH {
+                FrontDoor::WorkerHealth
+            } else {
+                FrontDoor::Unauthorized
+            };
+        }
+    }
+    FrontDoor::Instance(match table {
+        Some(table) => format!("lakehouse-{table}"),
+        None => "default".to_string(),
+    })
 }
 
 #[cfg(test)]

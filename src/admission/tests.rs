@@ -86,3 +86,130 @@ fn tokens_must_match_exactly() {
     assert!(!check_token(Some("Basic s3cret"), "s3cret"));
     assert!(!check_token(None, "s3cret"));
 }
+
+#[test]
+fn the_bearer_scheme_is_case_insensitive() {
+    for header in [
+        "Bearer s3cret",
+        "bearer s3cret",
+        "BEARER s3cret",
+        "bEaReR s3cret",
+    ] {
+        assert!(check_token(Some(header), "s3cret"), "{header:?}");
+    }
+    for header in ["Bearers s3cret", "Beare s3cret", "Bearer-s3cret", "Bearer"] {
+        assert!(!check_token(Some(header), "s3cret"), "{header:?}");
+    }
+}
+
+#[test]
+fn spaces_before_the_token_are_tolerated_but_not_inside_or_after_it() {
+    // RFC 7235: `credentials = auth-scheme [ 1*SP ( token68 / #auth-param ) ]`.
+    assert!(check_token(Some("Bearer  s3cret"), "s3cret"));
+    assert!(check_token(Some("bearer    s3cret"), "s3cret"));
+    assert!(!check_token(Some("Bearer s3cret  "), "s3cret"));
+    assert!(!check_token(Some("Bearer s3 cret"), "s3cret"));
+    assert!(!check_token(Some(" Bearer s3cret"), "s3cret"));
+    assert!(
+        !check_token(Some("Bearer\ts3cret"), "s3cret"),
+        "a tab is not SP"
+    );
+    assert!(!check_token(Some("Bearer "), "s3cret"));
+    assert!(!check_token(Some("Bearer   "), "s3cret"));
+}
+
+#[test]
+fn the_token_itself_is_case_sensitive_and_an_empty_secret_matches_nothing() {
+    assert!(!check_token(Some("Bearer S3CRET"), "s3cret"));
+    assert!(!check_token(Some("bearer S3cret"), "s3cret"));
+    assert!(!check_token(Some("Bearer "), ""));
+    assert!(!check_token(Some("Bearer x"), ""));
+    assert!(!check_token(None, ""));
+}
+
+#[test]
+fn the_front_door_routes_by_table_and_needs_no_object_to_refuse() {
+    let open = |path: &str, table: Option<&str>| front_door(path, true, table, None, None);
+    assert_eq!(open("/ws", None), FrontDoor::Instance("default".into()));
+    assert_eq!(
+        open("/ws/x", Some("")),
+        FrontDoor::Instance("default".into())
+    );
+    assert_eq!(
+        open("/lakehouse/status", Some("users")),
+        FrontDoor::Instance("lakehouse-users".into())
+    );
+    assert_eq!(
+        open("/lakehouse/health", Some("a_b-9")),
+        FrontDoor::Instance("lakehouse-a_b-9".into()),
+        "without a token even health goes to the instance"
+    );
+    assert_eq!(open("/", None), FrontDoor::NotFound);
+    assert_eq!(open("/wsx", None), FrontDoor::NotFound);
+    for bad in ["a/b", "..", "a\u{0}b"] {
+        match open("/lakehouse/status", Some(bad)) {
+            FrontDoor::BadTable(e) => {
+                assert_eq!(e.kind(), crate::ErrorKind::InvalidFormat);
+                assert!(e.message().contains("table name"), "{e}");
+            }
+            other => panic!("{bad:?}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn with_a_token_only_health_passes_without_it_and_the_worker_answers_it() {
+    let secret = Some("s3cret");
+    let door =
+        |path: &str, get: bool, auth: Option<&str>| front_door(path, get, Some("x1"), auth, secret);
+    assert_eq!(
+        door("/lakehouse/health", true, None),
+        FrontDoor::WorkerHealth
+    );
+    assert_eq!(
+        door("/lakehouse/health", true, Some("Bearer wrong")),
+        FrontDoor::WorkerHealth
+    );
+    assert_eq!(
+        door("/lakehouse/health", false, None),
+        FrontDoor::Unauthorized
+    );
+    assert_eq!(
+        door("/lakehouse/status", true, None),
+        FrontDoor::Unauthorized
+    );
+    assert_eq!(
+        door("/lakehouse/flush", false, None),
+        FrontDoor::Unauthorized
+    );
+    assert_eq!(
+        door("/ws", true, Some("Basic s3cret")),
+        FrontDoor::Unauthorized
+    );
+    assert_eq!(door("/lakehouse", true, None), FrontDoor::Unauthorized);
+    for auth in ["Bearer s3cret", "bearer s3cret", "BEARER  s3cret"] {
+        assert_eq!(
+            door("/lakehouse/health", true, Some(auth)),
+            FrontDoor::Instance("lakehouse-x1".into()),
+            "{auth}"
+        );
+        assert_eq!(
+            door("/ws", true, Some(auth)),
+            FrontDoor::Instance("lakehouse-x1".into())
+        );
+    }
+    // A bad name is 400 whoever asks; 404 needs no token either.
+    assert!(matches!(
+        front_door("/lakehouse/status", true, Some("a/b"), None, secret),
+        FrontDoor::BadTable(_)
+    ));
+    assert_eq!(
+        front_door("/nope", true, None, None, secret),
+        FrontDoor::NotFound
+    );
+    // An empty secret means authentication is off.
+    assert_eq!(
+        front_door("/lakehouse/status", true, None, None, Some("")),
+        FrontDoor::Instance("default".into())
+    );
+}

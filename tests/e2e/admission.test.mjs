@@ -5,7 +5,7 @@ import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdirSync } from 'node:fs';
 import path from 'node:path';
-import { exportLake, getJson, removeDir, Shard, sleep, startDoLake, tempStateDir, verifyLake, withTimeout } from './harness.mjs';
+import { doInstancesOnDisk, doStorageSnapshot, exportLake, getJson, removeDir, Shard, sleep, startDoLake, tempStateDir, verifyLake, withTimeout } from './harness.mjs';
 
 async function withServer(options, fn) {
   const stateDir = tempStateDir();
@@ -18,7 +18,7 @@ async function withServer(options, fn) {
   }
 }
 
-const status = async (server, headers = {}) => (await getJson(`${server.url}/lakehouse/status`, { headers })).body;
+const status = async (server, headers = {}, query = '') => (await getJson(`${server.url}/lakehouse/status${query}`, { headers })).body;
 
 describe('rate limits', () => {
   test('new connections: burst then 429 rate_limited with headers; per-IP limit: 429 ip_limit', () =>
@@ -108,27 +108,110 @@ describe('rate limits', () => {
 });
 
 describe('authentication', () => {
+  const TOKEN = 'correct-horse';
+  const AUTH = { Authorization: `Bearer ${TOKEN}` };
+  const assertUnauthorized = (r, what) => {
+    assert.equal(r.status, 401, what);
+    assert.deepEqual(Object.keys(r.body).sort(), ['error', 'kind', 'status'], what);
+    assert.equal(r.body.kind, 'unauthorized', what);
+    assert.equal(r.body.status, 401, what);
+  };
+  // A WebSocket upgrade refused before it is accepted (status and JSON body).
+  const refusedUpgrade = (server, path, headers = {}) =>
+    new Shard(server.wsUrl, { sourceDoId: 'anon', path, headers }).open().then(
+      (shard) => { shard.close(); return null; },
+      (e) => e,
+    );
+
   test('with DOLAKE_AUTH_TOKEN every route but /health needs the bearer token', () =>
-    withServer({ authToken: 'correct-horse' }, async (server) => {
+    withServer({ authToken: TOKEN }, async (server) => {
       let r = await getJson(`${server.url}/lakehouse/status`);
-      assert.equal(r.status, 401);
-      assert.equal(r.body.kind, 'unauthorized');
-      assert.ok(!JSON.stringify(r.body).includes('correct-horse'));
+      assertUnauthorized(r, 'no token');
+      assert.ok(!JSON.stringify(r.body).includes(TOKEN));
+      assert.match(r.headers.get('www-authenticate') ?? '', /^Bearer /, 'RFC 7235: a 401 names the scheme');
       r = await getJson(`${server.url}/lakehouse/status`, { headers: { Authorization: 'Bearer wrong-horse' } });
-      assert.equal(r.status, 401);
+      assertUnauthorized(r, 'wrong token');
       r = await getJson(`${server.url}/lakehouse/flush`, { method: 'POST' });
-      assert.equal(r.status, 401);
+      assertUnauthorized(r, 'flush');
       r = await getJson(`${server.url}/lakehouse/health`);
       assert.equal(r.status, 200);
-      const refused = await new Shard(server.wsUrl, { sourceDoId: 'anon' }).open().then(() => null, (e) => e);
+      assert.deepEqual(r.body, { status: 'ok', scope: 'worker' }, 'answered by the Worker, no instance touched');
+      r = await getJson(`${server.url}/lakehouse/health`, { headers: AUTH });
+      assert.equal(r.status, 200);
+      assert.deepEqual(r.body, { status: 'ok' }, 'with the token, health is the instance\'s');
+      const refused = await refusedUpgrade(server, '/ws');
       assert.equal(refused?.status, 401);
-      const shard = await new Shard(server.wsUrl, { sourceDoId: 'authed', headers: { Authorization: 'Bearer correct-horse' } }).open();
+      assert.equal(refused.body.kind, 'unauthorized');
+      const shard = await new Shard(server.wsUrl, { sourceDoId: 'authed', headers: AUTH }).open();
       assert.equal((await shard.send(shard.batchMessage(shard.makeEvents(3)))).status, 'ok');
-      const s = await status(server, { Authorization: 'Bearer correct-horse' });
+      const s = await status(server, AUTH);
       assert.equal(s.authentication, 'enabled');
-      assert.equal(s.rateLimits.refusals.unauthorized, 4);
-      assert.ok(!JSON.stringify(s).includes('correct-horse'), 'the secret never appears in /status');
-      assert.ok(!server.logs.some((l) => l.includes('correct-horse')), 'nor in the logs');
+      // The Worker refused all four before any instance was asked: the
+      // instance counted none; the Worker's log lines are the record.
+      assert.equal(s.rateLimits.refusals.unauthorized, undefined, JSON.stringify(s.rateLimits.refusals));
+      assert.equal(server.logs.filter((l) => l.includes('"event":"unauthorized"') && l.includes('"scope":"worker"')).length, 4);
+      assert.ok(!JSON.stringify(s).includes(TOKEN), 'the secret never appears in /status');
+      assert.ok(!server.logs.some((l) => l.includes(TOKEN)), 'nor in the logs');
+      await shard.close();
+    }));
+
+  test('unauthenticated requests create no instance and write no storage', () =>
+    withServer({ authToken: TOKEN }, async (server, stateDir) => {
+      // A control instance and the default one exist, with storage, before.
+      assert.equal((await getJson(`${server.url}/lakehouse/status?table=control`, { headers: AUTH })).status, 200);
+      assert.equal((await getJson(`${server.url}/lakehouse/status`, { headers: AUTH })).status, 200);
+      const before = doStorageSnapshot(stateDir);
+      assert.equal(doInstancesOnDisk(stateDir).length, 2, `the check sees instances on disk: ${JSON.stringify(before)}`);
+
+      const N = 12;
+      const wrong = { Authorization: 'Bearer wrong-horse' };
+      for (let i = 1; i <= N; i++) {
+        const table = `x${i}`;
+        const headers = i % 2 ? {} : wrong;
+        const health = await getJson(`${server.url}/lakehouse/health?table=${table}`, { headers });
+        assert.equal(health.status, 200);
+        assert.deepEqual(health.body, { status: 'ok', scope: 'worker' });
+        assertUnauthorized(await getJson(`${server.url}/lakehouse/status?table=${table}`, { headers }), `status ${table}`);
+        assertUnauthorized(await getJson(`${server.url}/lakehouse/metrics?table=${table}`, { headers }), `metrics ${table}`);
+        assertUnauthorized(await getJson(`${server.url}/lakehouse/flush?table=${table}`, { method: 'POST', headers }), `flush ${table}`);
+        assertUnauthorized(await getJson(`${server.url}/lakehouse/health?table=${table}`, { method: 'POST', headers }), `POST health ${table}`);
+        const ws = await refusedUpgrade(server, `/ws?table=${table}`, headers);
+        assert.equal(ws?.status, 401, `ws ${table}`);
+        assert.equal(ws.body.kind, 'unauthorized');
+      }
+      // Existing instances are not reached either.
+      for (const q of ['?table=control', '', '?table=']) {
+        assertUnauthorized(await getJson(`${server.url}/lakehouse/status${q}`), `status${q}`);
+        assert.equal((await refusedUpgrade(server, `/ws${q}`))?.status, 401);
+      }
+
+      // No new instance, and not a byte written to any instance's storage.
+      assert.deepEqual(doStorageSnapshot(stateDir), before);
+      // The same seen from the instances: constructed once (this first look
+      // with the token), and no refusal counted by any of them.
+      for (const table of ['x1', `x${N}`]) {
+        const s = await status(server, AUTH, `?table=${table}`);
+        assert.equal(s.instance.constructions, 1, `${table} was never constructed before`);
+        assert.deepEqual(s.rateLimits.refusals, {});
+      }
+      const control = await status(server, AUTH, '?table=control');
+      assert.equal(control.instance.constructions, 1);
+      assert.deepEqual(control.rateLimits.refusals, {});
+      // The check is sensitive: two authenticated looks made two instances.
+      assert.equal(doInstancesOnDisk(stateDir).length, 4);
+    }));
+
+  test('the Bearer scheme is case-insensitive and may be followed by several spaces', () =>
+    withServer({ authToken: TOKEN }, async (server) => {
+      for (const authorization of [`bearer ${TOKEN}`, `BEARER ${TOKEN}`, `bEaReR ${TOKEN}`, `Bearer   ${TOKEN}`]) {
+        const r = await getJson(`${server.url}/lakehouse/status?table=cased`, { headers: { Authorization: authorization } });
+        assert.equal(r.status, 200, authorization);
+      }
+      for (const authorization of [`Bearer ${TOKEN.toUpperCase()}`, `Bearer${TOKEN}`, `Basic ${TOKEN}`, TOKEN]) {
+        assertUnauthorized(await getJson(`${server.url}/lakehouse/status?table=cased`, { headers: { Authorization: authorization } }), authorization);
+      }
+      const shard = await new Shard(server.wsUrl, { sourceDoId: 'lower', path: '/ws?table=cased', headers: { Authorization: `bearer ${TOKEN}` } }).open();
+      assert.equal((await shard.send(shard.batchMessage(shard.makeEvents(2)))).status, 'ok');
       await shard.close();
     }));
 
@@ -151,6 +234,43 @@ describe('authentication', () => {
       const json = server.logs.filter((l) => l.startsWith('{'));
       assert.ok(!json.some((l) => /"level":"(info|warn)"/.test(l)), json.join('\n'));
     }));
+});
+
+describe('table names in ?table=', () => {
+  const TOKEN = 'correct-horse';
+  // `?table=` is percent-decoded; `+` is a space.
+  const bad = { 'a%23b': 'a#b', 'a%20b': 'a b', 'a+b': 'a b', 'a%3Fb': 'a?b', 'a%2Fb': 'a/b', '..': '..' };
+
+  for (const authToken of [TOKEN, undefined]) {
+    test(`a name breaking the table rule is 400 from the Worker, no instance created (auth ${authToken ? 'on' : 'off'})`, () =>
+      withServer({ authToken }, async (server, stateDir) => {
+        const auth = authToken ? { Authorization: `Bearer ${authToken}` } : {};
+        for (const [query, name] of Object.entries(bad)) {
+          for (const headers of [auth, {}]) {
+            for (const [route, init] of [['/lakehouse/status', {}], ['/lakehouse/health', {}], ['/lakehouse/flush', { method: 'POST' }]]) {
+              const r = await getJson(`${server.url}${route}?table=${query}`, { ...init, headers });
+              assert.equal(r.status, 400, `${route}?table=${query}: ${JSON.stringify(r.body)}`);
+              assert.deepEqual(Object.keys(r.body).sort(), ['error', 'kind', 'status']);
+              assert.equal(r.body.kind, 'invalid_format');
+              assert.equal(r.body.status, 400);
+              assert.match(r.body.error, /table name .* must/, 'the message names the rule');
+              assert.ok(r.body.error.includes(JSON.stringify(name)), `${r.body.error} names ${JSON.stringify(name)}`);
+            }
+            const ws = await new Shard(server.wsUrl, { path: `/ws?table=${query}`, headers }).open().then(() => null, (e) => e);
+            assert.equal(ws?.status, 400, `/ws?table=${query}`);
+            assert.equal(ws.body.kind, 'invalid_format');
+          }
+        }
+        assert.deepEqual(doInstancesOnDisk(stateDir), [], 'no instance was created');
+        // An empty `table=` is the default instance, as before.
+        const plain = await status(server, auth);
+        const empty = await status(server, auth, '?table=');
+        assert.equal(empty.flush.epoch, plain.flush.epoch, 'the same instance');
+        const named = await status(server, auth, '?table=Users_2-b');
+        assert.notEqual(named.flush.epoch, plain.flush.epoch, 'a valid name is its own instance');
+        assert.equal(doInstancesOnDisk(stateDir).length, 2);
+      }));
+  }
 });
 
 describe('flood', () => {

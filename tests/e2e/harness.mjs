@@ -2,7 +2,9 @@
 // a real WebSocket client that behaves like the integration guide's DoSQL.
 // Every wait has a timeout; every server is killed when its test ends.
 import { spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -314,4 +316,29 @@ export async function getMetrics(server, headers = {}) {
   if (res.status !== 200) throw new Error(`metrics: ${res.status} ${await res.text()}`);
   if (!res.headers.get('content-type')?.startsWith('text/plain')) throw new Error('metrics content type');
   return parsePrometheus(await res.text());
+}
+
+/**
+ * What Durable Object storage holds on disk under a server's `stateDir`
+ * (Miniflare persists each instance as `do/<script>-<Class>/<id>.sqlite`):
+ * `{ relativePath: sha256 }` of every instance's database and WAL, leaving out
+ * Miniflare's own `metadata.sqlite*` and the WAL index (`-shm`, which readers
+ * write too). Equal snapshots: no instance was created and none was written.
+ */
+export function doStorageSnapshot(stateDir) {
+  const root = path.join(stateDir, 'do');
+  const snapshot = {};
+  let files;
+  try { files = readdirSync(root, { recursive: true }); } catch { return snapshot; }
+  for (const file of files.map(String).sort()) {
+    const name = path.basename(file);
+    if (name.startsWith('metadata.sqlite') || name.endsWith('-shm') || !name.includes('.sqlite')) continue;
+    snapshot[file] = createHash('sha256').update(readFileSync(path.join(root, file))).digest('hex');
+  }
+  return snapshot;
+}
+
+/** The Durable Object instances with storage on disk (their `.sqlite` files). */
+export function doInstancesOnDisk(stateDir) {
+  return Object.keys(doStorageSnapshot(stateDir)).filter((f) => f.endsWith('.sqlite'));
 }
