@@ -9,6 +9,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, ErrorKind, Result};
 
+/// Largest `rateLimit.maxPayloadSize`: a flush step holds one whole batch,
+/// parsed, in the isolate's 128 MB (a 4 MiB step measured 20 MiB of heap).
+pub const MAX_PAYLOAD_SIZE: u64 = 8 * 1024 * 1024;
+
 /// Parquet compression codec.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -304,11 +308,9 @@ impl DoLakeConfig {
                 rl.max_event_size.unwrap_or(drl.max_event_size),
             )?,
         };
-        // Workers refuse WebSocket messages over 32 MiB before DoLake sees them.
-        const WS_MESSAGE_LIMIT: u64 = 32 * 1024 * 1024;
-        if rate_limit.max_payload_size > WS_MESSAGE_LIMIT {
+        if rate_limit.max_payload_size > MAX_PAYLOAD_SIZE {
             return Err(config_error(format!(
-                "DOLAKE_CONFIG key `rateLimit.maxPayloadSize` must be at most {WS_MESSAGE_LIMIT} (the WebSocket message limit)"
+                "DOLAKE_CONFIG key `rateLimit.maxPayloadSize` must be at most {MAX_PAYLOAD_SIZE} (a flush step holds one whole batch in the isolate's 128 MB)"
             )));
         }
         if rate_limit.max_event_size > rate_limit.max_payload_size {
@@ -511,5 +513,9 @@ mod tests {
         assert!(m.contains("flushThresholdBytes"), "{m}");
         let m = err(r#"{"rateLimit":{"maxPayloadSize":100000000}}"#);
         assert!(m.contains("maxPayloadSize"), "{m}");
+        // 16 MiB passes the WebSocket limit but not what one flush step holds.
+        let m = err(r#"{"rateLimit":{"maxPayloadSize":16777216}}"#);
+        assert!(m.contains("maxPayloadSize") && m.contains("8388608"), "{m}");
+        DoLakeConfig::parse(Some(r#"{"rateLimit":{"maxPayloadSize":8388608}}"#)).unwrap();
     }
 }

@@ -21,6 +21,8 @@ pub enum ErrorKind {
     PayloadTooLarge,
     /// A single event larger than `maxEventSize`.
     EventTooLarge,
+    /// DoLake holds as much per-source state as it may; retry much later.
+    Overloaded,
     /// The configuration (`DOLAKE_CONFIG`) is invalid.
     Config,
     /// Durable Object storage failed.
@@ -47,6 +49,7 @@ impl ErrorKind {
             ErrorKind::RateLimited => "rate_limited",
             ErrorKind::PayloadTooLarge => "payload_too_large",
             ErrorKind::EventTooLarge => "event_too_large",
+            ErrorKind::Overloaded => "load_shedding",
             ErrorKind::Config | ErrorKind::Storage | ErrorKind::Lake | ErrorKind::Internal => {
                 "internal_error"
             }
@@ -58,6 +61,7 @@ impl ErrorKind {
         matches!(
             self,
             ErrorKind::BufferFull
+                | ErrorKind::Overloaded
                 | ErrorKind::RateLimited
                 | ErrorKind::Storage
                 | ErrorKind::Lake
@@ -73,7 +77,7 @@ impl ErrorKind {
             ErrorKind::MethodNotAllowed => 405,
             ErrorKind::PayloadTooLarge | ErrorKind::EventTooLarge => 413,
             ErrorKind::RateLimited => 429,
-            ErrorKind::BufferFull => 503,
+            ErrorKind::BufferFull | ErrorKind::Overloaded => 503,
             ErrorKind::Lake => 502,
             ErrorKind::Config | ErrorKind::Storage | ErrorKind::Internal => 500,
         }
@@ -88,6 +92,7 @@ impl ErrorKind {
             ErrorKind::RateLimited => "rate_limited",
             ErrorKind::PayloadTooLarge => "payload_too_large",
             ErrorKind::EventTooLarge => "event_too_large",
+            ErrorKind::Overloaded => "overloaded",
             ErrorKind::Config => "config",
             ErrorKind::Storage => "storage",
             ErrorKind::Lake => "lake",

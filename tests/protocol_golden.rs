@@ -99,6 +99,8 @@ fn server_messages_match_golden_files() {
                 duration_ms: 0,
                 used_fallback: false,
                 error: Some("not flushed".into()),
+                complete: false,
+                events_rejected: 0,
             },
         }),
         "flush_response",

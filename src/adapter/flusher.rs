@@ -1,92 +1,149 @@
-//! The flush: buffered batches -> Iceberg commits in R2, exactly once.
-//!
-//! Each step takes the oldest batches up to [`STEP_BUDGET_BYTES`], loads each
-//! affected table's current state from R2, commits the events the table does
-//! not have yet (with this buffer's mark), and only then deletes the batches.
-//! A crash or an R2 failure anywhere leaves the batches buffered; the next
-//! attempt skips, per table, what that table's mark says it already holds.
+//! Glue of the flush: runs the core's procedure (`crate::flush::procedure`)
+//! over the SQLite buffer and R2, records the outcome, and keeps the alarm
+//! where the schedule wants it.
 
-use std::collections::{BTreeMap, BTreeSet};
-
-use crate::error::{Error, ErrorKind, Result};
-use crate::flush::{
-    buffer_mark, buffer_mark_key, chunk_len, plan_step, FlushSchedule, FlushTrigger,
-};
-use crate::lake::{plan_commit_with_marks, CommitIds, TablePaths, WriteOptions};
+use crate::error::{Error, Result};
+use crate::flush::ports::Buffer;
+use crate::flush::procedure::{self, Env, Settings};
+use crate::flush::{BufferedBatch, FlushSchedule, FlushTrigger, LoadedBatch};
+use crate::intake::BufferTotals;
+use crate::lake::CommitIds;
 use crate::protocol::FlushResult;
 
 use super::object::{log, now_ms, Core, DoLake};
-use super::r2::PutOutcome;
 
 /// Most bytes of buffered JSON one step loads (bounds isolate memory).
 pub const STEP_BUDGET_BYTES: u64 = 4 * 1024 * 1024;
 /// Bound on one Parquet data file.
 pub const TARGET_FILE_BYTES: usize = 16 * 1024 * 1024;
-/// A flush stops starting new steps after this long and continues from the
+/// A flush stops starting new commits after this long and continues from the
 /// next alarm, to stay inside one invocation's CPU limit.
 pub const TIME_BUDGET_MS: i64 = 20_000;
-/// Most batches listed per step.
-const LIST_LIMIT: u32 = 100_000;
+/// Longest a flush request waits for a running flush to end.
+const JOIN_WAIT_MS: i64 = 60_000;
 
-fn random_ids(now: i64) -> CommitIds {
-    let snapshot_id = (uuid::Uuid::new_v4().as_u128() as i64 & i64::MAX).max(1);
-    CommitIds {
-        snapshot_id,
-        commit_uuid: uuid::Uuid::new_v4(),
-        table_uuid: uuid::Uuid::new_v4(),
-        now_ms: now,
+/// The runtime's clock and random ids.
+struct RuntimeEnv;
+
+impl Env for RuntimeEnv {
+    fn now(&self) -> i64 {
+        now_ms()
+    }
+    fn commit_ids(&self, now: i64) -> CommitIds {
+        let snapshot_id = (uuid::Uuid::new_v4().as_u128() as i64 & i64::MAX).max(1);
+        CommitIds {
+            snapshot_id,
+            commit_uuid: uuid::Uuid::new_v4(),
+            table_uuid: uuid::Uuid::new_v4(),
+            now_ms: now,
+        }
+    }
+}
+
+/// The SQLite buffer as the flush's port; trimming it also refreshes the
+/// intake's totals, so that intake sees the room a long flush makes.
+struct BufferPort<'a>(&'a DoLake);
+
+impl BufferPort<'_> {
+    fn store(&self) -> Result<&super::store::Store> {
+        self.0
+            .store
+            .as_ref()
+            .ok_or_else(|| Error::storage("storage is not available"))
+    }
+}
+
+impl Buffer for BufferPort<'_> {
+    fn list(&self, limit: u32) -> Result<Vec<BufferedBatch>> {
+        self.store()?.list_batches(limit)
+    }
+    fn load(&self, first: i64, last: i64) -> Result<Vec<LoadedBatch>> {
+        self.store()?.load_batches(first, last)
+    }
+    fn delete_through(&self, last: i64) -> Result<()> {
+        self.store()?.delete_batches(last)?;
+        let totals = self.totals()?;
+        if let Core::Ready(intake) = &mut *self.0.core.borrow_mut() {
+            intake.set_buffer(totals);
+        }
+        Ok(())
+    }
+    fn totals(&self) -> Result<BufferTotals> {
+        self.store()?.load_totals()
     }
 }
 
 impl DoLake {
     /// Runs a flush and records its outcome; never panics, never loses data.
+    /// A request that finds a flush running waits for it, then flushes what
+    /// is left, and reports both together.
     pub(super) async fn flush(&self, trigger: FlushTrigger) -> FlushResult {
-        let start = now_ms();
-        if self.flush_running.replace(true) {
-            return FlushResult {
-                error: Some("a flush is already running; retry when it ends".into()),
-                ..FlushResult::default()
-            };
-        }
-        let used_fallback = match &*self.core.borrow() {
-            Core::Ready(intake) => intake.buffer().bytes > intake.config().max_buffer_size,
-            Core::Failed(_) => false,
-        };
-        let outcome = self.flush_steps(start).await;
-        self.flush_running.set(false);
-        let end = now_ms();
-        let (mut result, more) = match outcome {
-            Ok((result, more)) => (result, more),
-            Err((partial, e)) => {
-                let mut result = partial;
-                result.success = false;
-                result.error = Some(e.message().to_string());
-                (result, false)
+        let mut joined: Option<FlushResult> = None;
+        if self.flush_running.get() {
+            if trigger != FlushTrigger::Request {
+                // The running flush re-arms the alarm when it ends.
+                return FlushResult {
+                    error: Some("a flush is already running".into()),
+                    ..FlushResult::default()
+                };
             }
-        };
-        result.duration_ms = (end - start).max(0) as u64;
-        result.used_fallback = used_fallback;
-        if result.error.is_none() {
-            result.success = true;
+            let waited_from = now_ms();
+            while self.flush_running.get() {
+                if now_ms() - waited_from > JOIN_WAIT_MS {
+                    return FlushResult {
+                        error: Some(format!(
+                            "a running flush did not end within {JOIN_WAIT_MS} ms; retry later"
+                        )),
+                        ..FlushResult::default()
+                    };
+                }
+                worker::Delay::from(std::time::Duration::from_millis(25)).await;
+            }
+            joined = self.last_result.borrow().clone();
         }
+        let mut result = self.flush_now(trigger).await;
+        if let Some(earlier) = joined {
+            result.batches_flushed += earlier.batches_flushed;
+            result.events_flushed += earlier.events_flushed;
+            result.events_rejected += earlier.events_rejected;
+            result.bytes_written += earlier.bytes_written;
+            let mut paths = earlier.paths;
+            paths.append(&mut result.paths);
+            result.paths = paths;
+        }
+        result
+    }
+
+    async fn flush_now(&self, trigger: FlushTrigger) -> FlushResult {
+        self.flush_running.set(true);
+        let start = now_ms();
+        let (config, used_fallback) = match &*self.core.borrow() {
+            Core::Ready(intake) => (
+                Some(intake.config().clone()),
+                intake.buffer().bytes > intake.config().max_buffer_size,
+            ),
+            Core::Failed(_) => (None, false),
+        };
+        let outcome = match (&config, &self.epoch, &self.lake) {
+            (Some(config), Ok(epoch), Ok(lake)) => {
+                let settings = Settings {
+                    config,
+                    epoch,
+                    step_budget_bytes: STEP_BUDGET_BYTES,
+                    target_file_bytes: TARGET_FILE_BYTES,
+                    time_budget_ms: self.time_budget_ms(),
+                };
+                procedure::run(&BufferPort(self), lake, &RuntimeEnv, &settings).await
+            }
+            (None, _, _) => failed(Error::internal("DoLake failed to start")),
+            // Without its epoch no mark can be trusted: fail closed.
+            (_, Err(e), _) | (_, _, Err(e)) => failed(e.clone()),
+        };
+        let end = now_ms();
+        let result = outcome.to_result((end - start).max(0) as u64, used_fallback);
         {
             let mut history = self.history.borrow_mut();
-            history.last_attempt_ms = Some(start);
-            history.events_flushed += result.events_flushed;
-            history.bytes_written += result.bytes_written;
-            history.files_written += result.paths.len() as u64;
-            history.last_duration_ms = result.duration_ms;
-            history.continuing = result.success && more;
-            if result.success {
-                history.consecutive_failures = 0;
-                history.last_success_ms = Some(end);
-                history.flushes += 1;
-                history.last_error = None;
-            } else {
-                history.consecutive_failures += 1;
-                history.failures += 1;
-                history.last_error = result.error.clone();
-            }
+            history.record(start, end, &outcome);
             if let Some(store) = &self.store {
                 if let Err(e) = store.save_history(&history) {
                     log(
@@ -97,8 +154,27 @@ impl DoLake {
                 }
             }
         }
+        if let Ok(totals) = BufferPort(self).totals() {
+            if let Core::Ready(intake) = &mut *self.core.borrow_mut() {
+                intake.set_buffer(totals);
+            }
+        }
         if let Core::Ready(intake) = &mut *self.core.borrow_mut() {
             intake.set_lake_failing(!result.success);
+        }
+        for (table, n) in &outcome.overflow {
+            log(
+                "warn",
+                "type_conflicts",
+                serde_json::json!({"table": table, "overflowValues": n}),
+            );
+        }
+        if outcome.events_rejected > 0 {
+            log(
+                "error",
+                "events_dead_lettered",
+                serde_json::json!({"events": outcome.events_rejected, "table": crate::lake::REJECTED_TABLE, "unwritableTables": outcome.unwritable_tables}),
+            );
         }
         log(
             if result.success { "info" } else { "error" },
@@ -111,115 +187,19 @@ impl DoLake {
                 "trigger": trigger.as_str(),
                 "batches": result.batches_flushed,
                 "events": result.events_flushed,
+                "rejected": result.events_rejected,
                 "bytes": result.bytes_written,
                 "files": result.paths.len(),
                 "durationMs": result.duration_ms,
-                "continues": more,
+                "complete": result.complete,
                 "error": result.error,
             }),
         );
+        *self.last_result.borrow_mut() = Some(result.clone());
+        self.flush_running.set(false);
         // A flush cut by its time budget goes on from the alarm at once.
         self.rearm().await;
         result
-    }
-
-    /// Flush steps until the buffer is empty or the time budget is used.
-    /// Returns what was flushed and whether more remains for the next alarm.
-    async fn flush_steps(
-        &self,
-        start: i64,
-    ) -> std::result::Result<(FlushResult, bool), (FlushResult, Error)> {
-        let mut result = FlushResult::default();
-        loop {
-            match self.flush_step(&mut result).await {
-                Ok(false) => return Ok((result, false)),
-                Ok(true) if now_ms() - start >= self.time_budget_ms() => return Ok((result, true)),
-                Ok(true) => {}
-                Err(e) => return Err((result, e)),
-            }
-        }
-    }
-
-    /// One step; returns false when the buffer was empty.
-    async fn flush_step(&self, result: &mut FlushResult) -> Result<bool> {
-        let (store, lake) = match (&self.store, &self.lake) {
-            (Some(store), Ok(lake)) => (store, lake),
-            (None, _) => return Err(Error::storage("storage is not available")),
-            (_, Err(e)) => return Err(e.clone()),
-        };
-        let config = match &*self.core.borrow() {
-            Core::Ready(intake) => intake.config().clone(),
-            Core::Failed(e) => return Err(e.clone()),
-        };
-        let rows = store.list_batches(LIST_LIMIT)?;
-        if rows.is_empty() {
-            return Ok(false);
-        }
-        let n = chunk_len(&rows, STEP_BUDGET_BYTES);
-        let (first, last) = (rows[0].row_id, rows[n - 1].row_id);
-        drop(rows);
-        let batches = store.load_batches(first, last)?;
-        let tables: BTreeSet<String> = batches
-            .iter()
-            .flat_map(|b| b.events.iter().map(|e| e.table.clone()))
-            .collect();
-        let mut states = BTreeMap::new();
-        for table in tables {
-            let paths = TablePaths::new(&config.namespace, &table)?;
-            let state = lake.load_table(&paths).await?;
-            states.insert(table, state);
-        }
-        let batch_count = batches.len() as u64;
-        let work = plan_step(batches, |table| {
-            let snapshot = states.get(table)?.as_ref()?.metadata.current_snapshot()?;
-            buffer_mark(&snapshot.summary, &self.epoch)
-        });
-        for (table, work) in work {
-            if work.events.is_empty() {
-                continue;
-            }
-            let state = states.remove(&table).flatten();
-            let mut options = WriteOptions::from_config(&config, &table);
-            options.target_file_size = TARGET_FILE_BYTES;
-            let marks = BTreeMap::from([(buffer_mark_key(&self.epoch), work.mark.to_string())]);
-            let commit = plan_commit_with_marks(
-                &work.events,
-                state.as_ref(),
-                &options,
-                &random_ids(now_ms()),
-                &marks,
-            )?;
-            let rows = commit.rows;
-            let overflow = commit.overflow_total();
-            drop(work);
-            match lake.put_commit(commit.puts).await? {
-                PutOutcome::Committed(bytes, keys) => {
-                    result.bytes_written += bytes;
-                    result.events_flushed += rows;
-                    result.paths.extend(keys);
-                    if overflow > 0 {
-                        log(
-                            "warn",
-                            "type_conflicts",
-                            serde_json::json!({"table": table, "overflowValues": overflow}),
-                        );
-                    }
-                }
-                PutOutcome::Conflict => {
-                    return Err(Error::new(
-                        ErrorKind::Lake,
-                        format!("table {table} got a new version from another writer during the flush; retrying later"),
-                    ))
-                }
-            }
-        }
-        store.delete_batches(last)?;
-        result.batches_flushed += batch_count;
-        let totals = store.load_totals()?;
-        if let Core::Ready(intake) = &mut *self.core.borrow_mut() {
-            intake.set_buffer(totals);
-        }
-        Ok(true)
     }
 
     fn time_budget_ms(&self) -> i64 {
@@ -246,19 +226,29 @@ impl DoLake {
     }
 
     /// Sets the alarm to when the schedule wants it, or deletes it when the
-    /// buffer is empty (so an idle DoLake can hibernate).
+    /// buffer is empty (so an idle DoLake can hibernate). The wish is read
+    /// again after each await: a batch stored meanwhile must not be left
+    /// without an alarm.
     pub(super) async fn rearm(&self) {
-        match self.wanted_alarm() {
-            Some(at) => self.set_alarm_at(at).await,
-            None => {
-                if let Err(e) = self.state.storage().delete_alarm().await {
-                    log(
-                        "warn",
-                        "alarm_delete_failed",
-                        serde_json::json!({"error": e.to_string()}),
-                    );
+        for _ in 0..4 {
+            let wanted = self.wanted_alarm();
+            match wanted {
+                Some(at) => self.set_alarm_at(at).await,
+                None => {
+                    // Cleared before the await, so that a batch stored while
+                    // it runs sets its own alarm (`ensure_alarm`).
+                    self.alarm_at.set(None);
+                    if let Err(e) = self.state.storage().delete_alarm().await {
+                        log(
+                            "warn",
+                            "alarm_delete_failed",
+                            serde_json::json!({"error": e.to_string()}),
+                        );
+                    }
                 }
-                self.alarm_at.set(None);
+            }
+            if self.wanted_alarm().is_some() == wanted.is_some() {
+                return;
             }
         }
     }
@@ -284,5 +274,12 @@ impl DoLake {
                 serde_json::json!({"error": e.to_string()}),
             ),
         }
+    }
+}
+
+fn failed(error: Error) -> procedure::Outcome {
+    procedure::Outcome {
+        error: Some(error),
+        ..procedure::Outcome::default()
     }
 }

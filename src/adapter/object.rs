@@ -19,7 +19,7 @@ use crate::flush::{FlushHistory, FlushSchedule, FlushTrigger};
 use crate::intake::{self, Admission, Intake};
 use crate::protocol::{
     decode_client_message, sniff_sequence_number, ClientMessage, FlushResponseMessage, PongMessage,
-    ServerMessage,
+    ServerMessage, MAX_ID_BYTES,
 };
 
 /// What the object knows about one connection; kept in the socket's
@@ -62,8 +62,10 @@ pub struct DoLake {
     pub(super) store: Option<Store>,
     pub(super) core: RefCell<Core>,
     pub(super) lake: Result<Lake, Error>,
-    /// This buffer's epoch (see `crate::flush`).
-    pub(super) epoch: String,
+    /// This buffer's epoch (see `crate::flush`); no flush runs without it.
+    pub(super) epoch: Result<String, Error>,
+    /// The last flush's result (a request that waited for it reports it).
+    pub(super) last_result: RefCell<Option<crate::protocol::FlushResult>>,
     pub(super) history: RefCell<FlushHistory>,
     pub(super) flush_running: Cell<bool>,
     /// The alarm as last set by this instance (`None`: unknown or none).
@@ -167,10 +169,10 @@ impl DurableObject for DoLake {
                 serde_json::json!({"error": e.message(), "kind": e.kind().as_str()}),
             ),
         }
-        let epoch = store
-            .as_ref()
-            .and_then(|s| s.epoch(|| uuid::Uuid::new_v4().simple().to_string()).ok())
-            .unwrap_or_default();
+        let epoch = match &store {
+            Some(s) => s.epoch(|| uuid::Uuid::new_v4().simple().to_string()),
+            None => Err(Error::storage("storage is not available")),
+        };
         let history = store
             .as_ref()
             .and_then(|s| s.load_history().ok())
@@ -235,6 +237,7 @@ impl DurableObject for DoLake {
             core: RefCell::new(core),
             lake,
             epoch,
+            last_result: RefCell::new(None),
             history: RefCell::new(history),
             flush_running: Cell::new(false),
             alarm_at: Cell::new(None),
@@ -358,15 +361,22 @@ impl DurableObject for DoLake {
             }
             conn.nacks += 1;
             let _ = ws.send_with_str(nack.to_json());
-            let _ = ws.serialize_attachment(&conn);
-            return Ok(());
+            return self.save_attachment(&ws, &conn);
         }
         let (reply, close) = match message {
             WebSocketIncomingMessage::String(text) => {
                 let (reply, close) = self.handle_text(now, &mut conn, &text);
                 match reply {
                     Some(Reply::Flush(correlation_id)) => {
+                        // Messages handled during the flush update the
+                        // attachment; save ours first, read theirs after.
+                        self.save_attachment(&ws, &conn)?;
                         let result = self.flush(FlushTrigger::Request).await;
+                        if let Some(fresh) =
+                            ws.deserialize_attachment::<Connection>().ok().flatten()
+                        {
+                            conn = fresh;
+                        }
                         let reply = ServerMessage::FlushResponse(FlushResponseMessage {
                             timestamp: now_ms(),
                             correlation_id,
@@ -431,13 +441,7 @@ impl DurableObject for DoLake {
                 );
             }
         }
-        if let Err(e) = ws.serialize_attachment(&conn) {
-            log(
-                "warn",
-                "attachment_failed",
-                serde_json::json!({"error": e.to_string()}),
-            );
-        }
+        self.save_attachment(&ws, &conn)?;
         if violation_close {
             log(
                 "warn",
@@ -486,6 +490,23 @@ impl DurableObject for DoLake {
     }
 }
 
+impl DoLake {
+    /// Writes the connection's state into its socket. A failure is an error:
+    /// without it the per-connection limits would silently stop applying, so
+    /// the socket is closed (1011) and the shard reconnects.
+    fn save_attachment(&self, ws: &WebSocket, conn: &Connection) -> Result<()> {
+        if let Err(e) = ws.serialize_attachment(conn) {
+            log(
+                "error",
+                "attachment_failed",
+                serde_json::json!({"sourceDoId": conn.source_id, "error": e.to_string()}),
+            );
+            ws.close(Some(1011), Some("connection state could not be saved"))?;
+        }
+        Ok(())
+    }
+}
+
 fn error_response(error: &Error) -> Result<Response> {
     json_response(&error.to_json(), error.kind().http_status())
 }
@@ -503,6 +524,15 @@ impl DoLake {
             }
         };
         let header = |name: &str| req.headers().get(name).ok().flatten();
+        for name in ["X-Client-ID", "X-Shard-Name", "X-Priority"] {
+            if let Some(value) = header(name).filter(|v| v.len() > MAX_ID_BYTES) {
+                let e = Error::invalid(format!(
+                    "header {name} is {} bytes; at most {MAX_ID_BYTES} are allowed",
+                    value.len()
+                ));
+                return error_response(&e);
+            }
+        }
         let ip = header("CF-Connecting-IP");
         let now = now_ms();
         let open_from_ip = ip.as_ref().map_or(0, |ip| {
@@ -607,6 +637,8 @@ impl DoLake {
                 if m.source_shard_name.is_some() {
                     conn.shard_name = m.source_shard_name.clone();
                 }
+                let last_flush = self.history.borrow().last_success_ms;
+                let next_flush = self.alarm_at.get();
                 let reply = self.with_intake(|intake, store| {
                     let source = intake.note_contact(
                         now,
@@ -616,14 +648,19 @@ impl DoLake {
                             .or(conn.shard_name.as_deref()),
                         m.last_ack_sequence,
                     );
-                    if let Err(e) = store.save_source(source) {
+                    if let Some(Err(e)) = source.map(|s| store.save_source(s)) {
                         log(
                             "warn",
                             "source_save_failed",
                             serde_json::json!({"error": e.message()}),
                         );
                     }
-                    intake.status_message(now, 0, m.correlation_id.clone())
+                    let mut status = intake.status_message(now, 0, m.correlation_id.clone());
+                    if let ServerMessage::Status(s) = &mut status {
+                        s.last_flush_time = last_flush;
+                        s.next_flush_time = next_flush;
+                    }
+                    status
                 });
                 let reply = reply.map(|mut status| {
                     if let ServerMessage::Status(s) = &mut status {
@@ -961,6 +998,24 @@ impl DoLake {
             Kind::Counter,
             "Flushes that failed on R2 or storage.",
             history.failures as f64,
+        )
+        .single(
+            "events_rejected_total",
+            Kind::Counter,
+            "Events written to the dead-letter table (_dolake_rejected) because no table could take them.",
+            history.events_rejected as f64,
+        )
+        .single(
+            "unwritable_tables",
+            Kind::Gauge,
+            "Tables whose metadata DoLake cannot extend (their events are dead-lettered).",
+            history.unwritable_tables.len() as f64,
+        )
+        .single(
+            "version_hints_repaired_total",
+            Kind::Counter,
+            "Lagging version-hint.text files rewritten.",
+            history.hints_repaired as f64,
         );
         let mut response = Response::ok(e.finish())?;
         response
@@ -1024,7 +1079,7 @@ impl DoLake {
                     "flush": {
                         "running": self.flush_running.get(),
                         "history": serde_json::to_value(&*self.history.borrow()).unwrap_or_default(),
-                        "epoch": self.epoch,
+                        "epoch": self.epoch.as_ref().ok(),
                     },
                     "config": intake.config().to_json(),
                     "instance": instance,

@@ -1,5 +1,5 @@
-//! The lake in R2: reading a table's current state and putting a commit's
-//! objects, the metadata file only if absent.
+//! The lake in R2: the flush's object store (keys under `r2BasePath`,
+//! conditional puts), with test-only failure injection.
 
 use std::cell::RefCell;
 
@@ -7,7 +7,7 @@ use worker::{Bucket, Conditional};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::flush::faults::{CommitStep, FaultPlan};
-use crate::lake::{ObjectKind, PutObject, TablePaths, TableState};
+use crate::flush::ports::{ObjectStore, Put};
 
 fn lake_error(what: &str, e: impl std::fmt::Display) -> Error {
     Error::new(ErrorKind::Lake, format!("{what}: {e}"))
@@ -19,14 +19,6 @@ pub struct Lake {
     base: String,
     /// Injected failures (tests only; empty otherwise).
     pub faults: RefCell<FaultPlan>,
-}
-
-/// The outcome of putting a commit.
-pub enum PutOutcome {
-    /// Every object was put; bytes written and keys.
-    Committed(u64, Vec<String>),
-    /// Another writer created this metadata version first.
-    Conflict,
 }
 
 impl Lake {
@@ -46,7 +38,9 @@ impl Lake {
             format!("{}/{key}", self.base)
         }
     }
+}
 
+impl ObjectStore for Lake {
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
         let full = self.full_key(key);
         let object = self
@@ -77,88 +71,42 @@ impl Lake {
             .map_err(|e| lake_error(&format!("checking {full}"), e))
     }
 
-    /// The table's current state, or `None` when it does not exist yet.
-    ///
-    /// `version-hint.text` is written after the metadata file, so after a
-    /// crash between the two it lags: newer `v{N}.metadata.json` files are
-    /// looked for past it, and the newest one is current.
-    pub async fn load_table(&self, paths: &TablePaths) -> Result<Option<TableState>> {
-        let hint = match self.get(&paths.version_hint_key()).await? {
-            Some(bytes) => crate::lake::parse_version_hint(&bytes)?,
-            None => 0,
-        };
-        let mut version = hint;
-        while self.exists(&paths.metadata_key(version + 1)).await? {
-            version += 1;
+    async fn put(&self, key: &str, bytes: Vec<u8>, if_absent: bool) -> Result<Put> {
+        let full = self.full_key(key);
+        let injected = self
+            .faults
+            .borrow_mut()
+            .before_put(&full, worker::Date::now().as_millis() as i64);
+        if let Some(why) = injected {
+            return Err(lake_error(&format!("writing {full}"), why));
         }
-        if version == 0 {
-            return Ok(None);
+        let mut request = self.bucket.put(full.as_str(), bytes);
+        if if_absent {
+            request = request.only_if(Conditional {
+                etag_does_not_match: Some("*".to_string()),
+                ..Conditional::default()
+            });
         }
-        let metadata_key = paths.metadata_key(version);
-        let metadata = self.get(&metadata_key).await?.ok_or_else(|| {
-            lake_error("reading table metadata", format!("{metadata_key} vanished"))
-        })?;
-        let parsed = crate::lake::TableMetadata::from_json(&metadata)?;
-        let list = match paths.manifest_list_key(&parsed)? {
-            Some(key) => Some(self.get(&key).await?.ok_or_else(|| {
-                lake_error("reading the manifest list", format!("{key} is missing"))
-            })?),
-            None => None,
-        };
-        TableState::from_objects(version.to_string().as_bytes(), &metadata, list.as_deref())
-            .map(Some)
+        let stored = request
+            .execute()
+            .await
+            .map_err(|e| lake_error(&format!("writing {full}"), e))?;
+        Ok(if stored.is_some() {
+            Put::Stored
+        } else {
+            Put::Exists
+        })
     }
 
-    /// Puts a commit's objects in order; the metadata file only if absent.
-    pub async fn put_commit(&self, puts: Vec<PutObject>) -> Result<PutOutcome> {
-        let mut bytes = 0u64;
-        let mut keys = Vec::with_capacity(puts.len());
-        let kinds: Vec<ObjectKind> = puts.iter().map(|p| p.kind).collect();
-        for (i, put) in puts.into_iter().enumerate() {
-            let full = self.full_key(&put.key);
-            let injected = self
-                .faults
-                .borrow_mut()
-                .before_put(&full, worker::Date::now().as_millis() as i64);
-            if let Some(why) = injected {
-                return Err(lake_error(&format!("writing {full}"), why));
-            }
-            let size = put.bytes.len() as u64;
-            let mut request = self.bucket.put(full.as_str(), put.bytes);
-            if put.kind == ObjectKind::Metadata {
-                request = request.only_if(Conditional {
-                    etag_does_not_match: Some("*".to_string()),
-                    ..Conditional::default()
-                });
-            }
-            let stored = request
-                .execute()
-                .await
-                .map_err(|e| lake_error(&format!("writing {full}"), e))?;
-            if stored.is_none() {
-                if put.kind == ObjectKind::Metadata {
-                    return Ok(PutOutcome::Conflict);
-                }
-                return Err(lake_error(&format!("writing {full}"), "R2 refused the put"));
-            }
-            bytes += size;
-            keys.push(full);
-            let step_done = kinds.get(i + 1).map(|next| CommitStep::after(*next))
-                != Some(CommitStep::after(put.kind));
-            if step_done
-                && self
-                    .faults
-                    .borrow()
-                    .pauses_after(CommitStep::after(put.kind))
-            {
-                super::object::log(
-                    "warn",
-                    "test_pause",
-                    serde_json::json!({"step": format!("{:?}", CommitStep::after(put.kind)), "key": keys.last()}),
-                );
-                worker::Delay::from(std::time::Duration::from_secs(600)).await;
-            }
+    async fn step_done(&self, step: CommitStep) -> Result<()> {
+        if self.faults.borrow().pauses_after(step) {
+            super::object::log(
+                "warn",
+                "test_pause",
+                serde_json::json!({"step": format!("{step:?}")}),
+            );
+            worker::Delay::from(std::time::Duration::from_secs(600)).await;
         }
-        Ok(PutOutcome::Committed(bytes, keys))
+        Ok(())
     }
 }

@@ -310,6 +310,12 @@ impl Store {
     /// transaction.
     pub fn write_plan(&self, plan: &StorePlan) -> Result<()> {
         let mut statements: Vec<Statement> = vec![source_statement(&plan.source)?];
+        for id in &plan.evicted {
+            statements.push((
+                "DELETE FROM sources WHERE source_id = ?",
+                vec![id.as_str().into()],
+            ));
+        }
         if let Some(record) = &plan.record {
             let chunks = record.payload_chunks(CHUNK_BYTES);
             let tables = serde_json::to_string(&record.tables)

@@ -18,6 +18,10 @@
 //! must still be committed.
 
 pub mod faults;
+#[cfg(test)]
+mod memory;
+pub mod ports;
+pub mod procedure;
 
 use std::collections::BTreeMap;
 
@@ -106,6 +110,43 @@ pub struct FlushHistory {
     /// The last flush stopped at its time budget with batches left: the
     /// next alarm goes on at once, whatever the thresholds say.
     pub continuing: bool,
+    /// Events written to the dead-letter table.
+    pub events_rejected: u64,
+    /// Lagging `version-hint.text` files rewritten.
+    pub hints_repaired: u64,
+    /// Tables DoLake cannot extend (their events are dead-lettered), with
+    /// the reason, as last seen.
+    pub unwritable_tables: BTreeMap<String, String>,
+}
+
+impl FlushHistory {
+    /// Records a flush that started at `start` and ended at `end`.
+    pub fn record(&mut self, start: i64, end: i64, outcome: &procedure::Outcome) {
+        self.last_attempt_ms = Some(start);
+        self.events_flushed += outcome.events_flushed;
+        self.events_rejected += outcome.events_rejected;
+        self.hints_repaired += outcome.hints_repaired;
+        self.bytes_written += outcome.bytes_written;
+        self.files_written += outcome.paths.len() as u64;
+        self.last_duration_ms = (end - start).max(0) as u64;
+        self.unwritable_tables
+            .extend(outcome.unwritable_tables.clone());
+        match &outcome.error {
+            None => {
+                self.continuing = outcome.more;
+                self.consecutive_failures = 0;
+                self.last_success_ms = Some(end);
+                self.flushes += 1;
+                self.last_error = None;
+            }
+            Some(e) => {
+                self.continuing = false;
+                self.consecutive_failures += 1;
+                self.failures += 1;
+                self.last_error = Some(e.message().to_string());
+            }
+        }
+    }
 }
 
 /// First retry delay after a failed flush, ms; doubles up to [`MAX_BACKOFF_MS`].
@@ -243,6 +284,8 @@ pub struct LoadedBatch {
 pub struct TableWork {
     /// The events to commit, in buffer order.
     pub events: Vec<ChangeEvent>,
+    /// The buffer row id of each event (parallel to `events`).
+    pub rows: Vec<i64>,
     /// The highest row id of the step (the mark to record).
     pub mark: i64,
     /// Rows skipped because the table already had them.
@@ -274,6 +317,7 @@ pub fn plan_step(
                 Some(entry) => entry,
                 None => work.entry(event.table.clone()).or_insert(TableWork {
                     events: Vec::new(),
+                    rows: Vec::new(),
                     mark,
                     skipped_events: 0,
                 }),
@@ -282,6 +326,7 @@ pub fn plan_step(
                 entry.skipped_events += 1;
                 continue;
             }
+            entry.rows.push(batch.row_id);
             entry
                 .events
                 .push(into_change_event(&batch.source_id, batch.batch_seq, event));
@@ -315,5 +360,7 @@ pub fn parse_payload(payload: &str) -> Result<Vec<CdcEvent>> {
         .map_err(|e| Error::storage(format!("a buffered batch could not be decoded: {e}")))
 }
 
+#[cfg(test)]
+mod crash_tests;
 #[cfg(test)]
 mod tests;

@@ -37,9 +37,29 @@ pub const BUFFER_FULL_RETRY_MS: u64 = 5_000;
 /// Buffer utilization from which acks carry a slow-down hint.
 pub const BACKPRESSURE_UTILIZATION: f64 = 0.8;
 
-/// Most ranges a source's watermark may hold; beyond, sequences are too sparse
-/// to track exactly and batches are refused with `invalid_sequence`.
-pub const MAX_WATERMARK_RANGES: usize = 10_000;
+/// Most ranges a source's batch watermark may hold; beyond, sequence numbers
+/// are too sparse to track exactly and batches are refused with
+/// `invalid_sequence`.
+pub const MAX_WATERMARK_RANGES: usize = 1_000;
+
+/// Most sources whose dedup state is kept. A new source beyond it evicts
+/// sources idle for [`SOURCE_RETENTION_MS`], or is refused (`load_shedding`).
+pub const MAX_SOURCES: usize = 10_000;
+
+/// How long an idle source's dedup state is kept when room is needed: a
+/// batch resent after that long may be stored again.
+pub const SOURCE_RETENTION_MS: i64 = 30 * 86_400_000;
+
+/// How many of a source's latest batches keep the fingerprint of their
+/// events, to tell a resend from a reused `sequenceNumber`.
+pub const FINGERPRINT_WINDOW: usize = 64;
+
+/// FNV-1a (64 bits) of the stored events: stable across builds and targets.
+fn fingerprint(payload: &str) -> u64 {
+    payload.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
 
 /// Totals of the durable buffer.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -103,7 +123,7 @@ impl BatchRecord {
 pub struct StorePlan {
     /// The source's new state (always written).
     pub source: SourceState,
-    /// The batch's rows, or `None` when every event was already stored.
+    /// The batch's rows.
     pub record: Option<BatchRecord>,
     /// The batch's sequence number.
     pub sequence_number: u64,
@@ -111,6 +131,8 @@ pub struct StorePlan {
     pub fallback: bool,
     /// The batch's correlation id.
     pub correlation_id: Option<String>,
+    /// Sources whose dedup state is dropped (idle past the retention).
+    pub evicted: Vec<String>,
 }
 
 /// The outcome of [`Intake::admit`].
@@ -133,6 +155,7 @@ struct DedupCounters {
     duplicate_batches: u64,
     duplicate_events: u64,
     expired_entries: u64,
+    evicted_sources: u64,
 }
 
 /// The intake state machine. See the module docs.
@@ -211,18 +234,17 @@ impl Intake {
         self.buffer.bytes as f64 / self.config.max_buffer_size as f64
     }
 
-    /// Records a `connect` or `heartbeat`; returns the source state to persist.
+    /// Records a `connect` or `heartbeat` of a known source; returns its
+    /// state to persist. An unknown source is not recorded: a source exists
+    /// from its first stored batch, so `connect` spam creates no state.
     pub fn note_contact(
         &mut self,
         now: i64,
         source_id: &str,
         shard_name: Option<&str>,
         client_last_ack: Option<i64>,
-    ) -> &SourceState {
-        let source = self
-            .sources
-            .entry(source_id.to_string())
-            .or_insert_with(|| SourceState::new(source_id, now));
+    ) -> Option<&SourceState> {
+        let source = self.sources.get_mut(source_id)?;
         source.last_seen_ms = now;
         if let Some(name) = shard_name {
             source.shard_name = Some(name.to_string());
@@ -230,14 +252,36 @@ impl Intake {
         if client_last_ack.is_some() {
             source.client_last_ack_sequence = client_last_ack;
         }
-        source
+        Some(source)
     }
 
     /// Decides what to do with a decoded batch.
+    ///
+    /// The dedup rule (README "Deduplication"): a batch is a resend, acked
+    /// `duplicate` and not stored, when its source already had a batch with
+    /// the same `sequenceNumber` acked *and* (while that number is among the
+    /// source's last [`FINGERPRINT_WINDOW`] batches) the same events. Event
+    /// `sequence`s play no part: the guide's shard does not persist them, so
+    /// they start again at 0 after a restart while batch numbers go on.
     pub fn admit(&mut self, now: i64, batch: CdcBatchMessage) -> Admission {
         self.expire(now);
         let seq = batch.sequence_number;
         let correlation_id = batch.correlation_id.clone();
+        let known = self.sources.contains_key(&batch.source_do_id);
+        let mut evicted = Vec::new();
+        if !known && self.sources.len() >= MAX_SOURCES {
+            evicted = self.evict_idle(now);
+            if evicted.is_empty() {
+                let error = Error::new(
+                    ErrorKind::Overloaded,
+                    format!(
+                        "DoLake tracks {MAX_SOURCES} sources, none idle for {} days; a new source must wait",
+                        SOURCE_RETENTION_MS / 86_400_000
+                    ),
+                );
+                return Admission::Reply(nack(now, &error, Some(seq), correlation_id, None));
+            }
+        }
         let mut source = self
             .sources
             .get(&batch.source_do_id)
@@ -252,26 +296,6 @@ impl Intake {
         }
         let dedup = self.config.enable_deduplication;
 
-        if dedup && source.acked_batches.contains(seq) {
-            source.duplicate_batches += 1;
-            self.dedup.duplicate_batches += 1;
-            let original = self.recent.get(&(source.source_id.clone(), seq)).copied();
-            let batch_id = batch_id(&source.source_id, seq);
-            self.sources.insert(source.source_id.clone(), source);
-            return Admission::Reply(ServerMessage::Ack(AckMessage {
-                timestamp: now,
-                correlation_id,
-                sequence_number: seq,
-                status: AckStatus::Duplicate,
-                batch_id: Some(batch_id),
-                details: Some(AckDetails {
-                    events_processed: original.map_or(0, |o| o.events_stored),
-                    ..self.details()
-                }),
-                rate_limit: None,
-            }));
-        }
-
         let limits = &self.config.rate_limit;
         if batch.events.len() as u64 > limits.max_events_per_message {
             let error = Error::invalid(format!(
@@ -282,18 +306,21 @@ impl Intake {
             return self.refuse_batch(now, source, seq, correlation_id, &error, None);
         }
 
-        // Keep the events not stored before, once each, in the shard's order.
-        let mut pending = source.stored_events.clone();
-        let mut payload = String::with_capacity(batch.size_bytes.unwrap_or(0) as usize + 2);
-        payload.push('[');
-        let mut kept = 0u64;
+        // The stored form: the events as JSON, in the shard's order. Sized
+        // by what arrived, never by the client's `sizeBytes`.
+        let mut payload = String::from("[");
         let (mut first, mut last) = (u64::MAX, 0u64);
         let mut tables: Vec<String> = Vec::new();
-        let mut dropped = 0u64;
-        for event in &batch.events {
-            if dedup && !pending.insert(event.sequence) {
-                dropped += 1;
-                continue;
+        for (i, event) in batch.events.iter().enumerate() {
+            if let Err(e) = crate::lake::check_event(
+                &event.table,
+                event.sequence,
+                event.timestamp,
+                event.before.as_ref(),
+                event.after.as_ref(),
+            ) {
+                let error = Error::invalid(format!("events[{i}]: {}", e.message()));
+                return self.refuse_batch(now, source, seq, correlation_id, &error, None);
             }
             let json = match serde_json::to_string(event) {
                 Ok(json) => json,
@@ -315,11 +342,10 @@ impl Intake {
                 let max = Some(limits.max_event_size);
                 return self.refuse_batch(now, source, seq, correlation_id, &error, max);
             }
-            if kept > 0 {
+            if i > 0 {
                 payload.push(',');
             }
             payload.push_str(&json);
-            kept += 1;
             first = first.min(event.sequence);
             last = last.max(event.sequence);
             if let Err(i) = tables.binary_search(&event.table) {
@@ -327,69 +353,111 @@ impl Intake {
             }
         }
         payload.push(']');
-        if pending.range_count() > MAX_WATERMARK_RANGES {
-            let error = Error::new(
-                ErrorKind::InvalidSequence,
-                format!(
-                    "event sequences of source {:?} are too sparse to track (more than {MAX_WATERMARK_RANGES} gaps); send increasing sequences",
-                    source.source_id
-                ),
-            );
-            return self.refuse_batch(now, source, seq, correlation_id, &error, None);
-        }
+        let fingerprint = fingerprint(&payload);
 
-        let mut fallback = false;
-        let record = if kept == 0 {
-            None
-        } else {
-            let size = payload.len() as u64;
-            let capacity = self.capacity();
-            if self.buffer.bytes + size > capacity {
+        if dedup && source.acked_batches.contains(seq) {
+            if source.is_resend(seq, fingerprint) {
+                source.duplicate_batches += 1;
+                source.duplicate_events += batch.events.len() as u64;
+                self.dedup.duplicate_batches += 1;
+                self.dedup.duplicate_events += batch.events.len() as u64;
+                let original = self.recent.get(&(source.source_id.clone(), seq)).copied();
+                let batch_id = batch_id(&source.source_id, seq);
+                self.sources.insert(source.source_id.clone(), source);
+                return Admission::Reply(ServerMessage::Ack(AckMessage {
+                    timestamp: now,
+                    correlation_id,
+                    sequence_number: seq,
+                    status: AckStatus::Duplicate,
+                    batch_id: Some(batch_id),
+                    details: Some(AckDetails {
+                        events_processed: original.map_or(0, |o| o.events_stored),
+                        ..self.details()
+                    }),
+                    rate_limit: None,
+                }));
+            }
+            // The same number with other events: not a resend (a shard that
+            // lost its batch counter). Stored, and counted.
+            source.reused_sequence_numbers += 1;
+        }
+        if dedup && !source.acked_batches.contains(seq) {
+            let mut acked = source.acked_batches.clone();
+            acked.insert(seq);
+            if acked.range_count() > MAX_WATERMARK_RANGES {
                 let error = Error::new(
-                    ErrorKind::BufferFull,
+                    ErrorKind::InvalidSequence,
                     format!(
-                        "buffer holds {} of {capacity} bytes; this batch needs {size} more; retry after a flush",
-                        self.buffer.bytes
+                        "batch sequence numbers of source {:?} are too sparse to track (more than {MAX_WATERMARK_RANGES} gaps); send increasing sequenceNumbers",
+                        source.source_id
                     ),
                 );
                 return self.refuse_batch(now, source, seq, correlation_id, &error, None);
             }
-            fallback = self.buffer.bytes + size > self.config.max_buffer_size;
-            Some(BatchRecord {
-                source_id: source.source_id.clone(),
-                batch_seq: seq,
-                first_event_seq: first,
-                last_event_seq: last,
-                event_count: kept,
-                size_bytes: size,
-                received_at: now,
-                tables,
-                payload,
-            })
+        }
+
+        let size = payload.len() as u64;
+        let capacity = self.capacity();
+        if self.buffer.bytes + size > capacity {
+            let error = Error::new(
+                ErrorKind::BufferFull,
+                format!(
+                    "buffer holds {} of {capacity} bytes; this batch needs {size} more; retry after a flush",
+                    self.buffer.bytes
+                ),
+            );
+            return self.refuse_batch(now, source, seq, correlation_id, &error, None);
+        }
+        let fallback = self.buffer.bytes + size > self.config.max_buffer_size;
+        let kept = batch.events.len() as u64;
+        let record = BatchRecord {
+            source_id: source.source_id.clone(),
+            batch_seq: seq,
+            first_event_seq: first,
+            last_event_seq: last,
+            event_count: kept,
+            size_bytes: size,
+            received_at: now,
+            tables,
+            payload,
         };
 
         if dedup {
             source.acked_batches.insert(seq);
-            source.stored_events = pending;
+            source.remember(seq, fingerprint);
         }
-        source.duplicate_events += dropped;
+        source.highest_event_sequence = source.highest_event_sequence.max(Some(last));
         source.last_acked_sequence = source.last_acked_sequence.max(Some(seq));
         source.last_ack_ms = Some(now);
-        match &record {
-            Some(r) => {
-                source.batches_acked += 1;
-                source.events_acked += r.event_count;
-                source.bytes_acked += r.size_bytes;
-            }
-            None => source.duplicate_batches += 1,
-        }
+        source.batches_acked += 1;
+        source.events_acked += kept;
+        source.bytes_acked += size;
         Admission::Store(Box::new(StorePlan {
             source,
-            record,
+            record: Some(record),
             sequence_number: seq,
             fallback,
             correlation_id,
+            evicted,
         }))
+    }
+
+    /// Forgets the dedup state of sources idle for [`SOURCE_RETENTION_MS`]
+    /// (at most a tenth of the table at a time); returns their ids.
+    fn evict_idle(&mut self, now: i64) -> Vec<String> {
+        let mut idle: Vec<(i64, String)> = self
+            .sources
+            .values()
+            .filter(|s| now - s.last_seen_ms >= SOURCE_RETENTION_MS)
+            .map(|s| (s.last_seen_ms, s.source_id.clone()))
+            .collect();
+        idle.sort();
+        idle.truncate((MAX_SOURCES / 10).max(1));
+        for (_, id) in &idle {
+            self.sources.remove(id);
+            self.dedup.evicted_sources += 1;
+        }
+        idle.into_iter().map(|(_, id)| id).collect()
     }
 
     /// Applies a plan the adapter has made durable; returns the `ack`.
@@ -400,6 +468,7 @@ impl Intake {
             sequence_number,
             fallback,
             correlation_id,
+            evicted: _,
         } = plan;
         let events_stored = record.as_ref().map_or(0, |r| r.event_count);
         let status = match &record {
@@ -422,11 +491,6 @@ impl Intake {
                 }
             }
         };
-        let previous_dups = self
-            .sources
-            .get(&source.source_id)
-            .map_or(0, |s| s.duplicate_events);
-        self.dedup.duplicate_events += source.duplicate_events.saturating_sub(previous_dups);
         if self.config.enable_deduplication {
             self.recent.insert(
                 (source.source_id.clone(), sequence_number),
@@ -564,8 +628,11 @@ impl Intake {
             "duplicateBatches": self.dedup.duplicate_batches,
             "duplicateEvents": self.dedup.duplicate_events,
             "sourcesTracked": self.sources.len(),
+            "maxSources": MAX_SOURCES,
+            "evictedSources": self.dedup.evicted_sources,
+            "reusedSequenceNumbers": self.sources.values().map(|s| s.reused_sequence_numbers).sum::<u64>(),
             "watermarkRanges": self.sources.values()
-                .map(|s| s.acked_batches.range_count() + s.stored_events.range_count())
+                .map(|s| s.acked_batches.range_count())
                 .sum::<usize>(),
         })
     }
@@ -594,6 +661,7 @@ pub fn nack(
         should_retry: kind.should_retry(),
         retry_delay_ms: match kind {
             ErrorKind::BufferFull => Some(BUFFER_FULL_RETRY_MS),
+            ErrorKind::Overloaded => Some(60_000),
             ErrorKind::Storage | ErrorKind::Internal => Some(1_000),
             _ => None,
         },

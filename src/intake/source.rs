@@ -15,8 +15,15 @@ pub struct SourceState {
     pub shard_name: Option<String>,
     /// Batch sequence numbers acked as stored (the batch watermark).
     pub acked_batches: SeqSet,
-    /// Event sequences stored (the event watermark).
-    pub stored_events: SeqSet,
+    /// Highest event sequence stored (reported only: event sequences restart
+    /// when a guide shard restarts, so they play no part in dedup).
+    pub highest_event_sequence: Option<u64>,
+    /// Fingerprints of the events of the latest batches, by sequence number
+    /// (at most [`super::FINGERPRINT_WINDOW`] numbers, a few prints each).
+    pub fingerprints: std::collections::BTreeMap<u64, Vec<u64>>,
+    /// Batches stored though their `sequenceNumber` was acked before with
+    /// other events (a shard that lost its batch counter).
+    pub reused_sequence_numbers: u64,
     /// Highest batch sequence number received.
     pub last_received_sequence: Option<u64>,
     /// Highest batch sequence number acked.
@@ -58,6 +65,29 @@ impl SourceState {
         }
     }
 
+    /// Whether batch `seq` (acked before) with events of `fingerprint` is a
+    /// resend. Past the fingerprint window, any acked number is.
+    pub fn is_resend(&self, seq: u64, fingerprint: u64) -> bool {
+        self.fingerprints
+            .get(&seq)
+            .is_none_or(|prints| prints.contains(&fingerprint))
+    }
+
+    /// Remembers the fingerprint of batch `seq`, forgetting the oldest
+    /// numbers past the window.
+    pub fn remember(&mut self, seq: u64, fingerprint: u64) {
+        let prints = self.fingerprints.entry(seq).or_default();
+        if !prints.contains(&fingerprint) {
+            prints.push(fingerprint);
+            if prints.len() > 4 {
+                prints.remove(0);
+            }
+        }
+        while self.fingerprints.len() > super::FINGERPRINT_WINDOW {
+            self.fingerprints.pop_first();
+        }
+    }
+
     /// The state as reported in `/status` `sourceStates`.
     pub fn report(&self, connected: bool) -> serde_json::Value {
         serde_json::json!({
@@ -75,8 +105,9 @@ impl SourceState {
             "duplicateBatches": self.duplicate_batches,
             "duplicateEvents": self.duplicate_events,
             "batchesNacked": self.batches_nacked,
-            "highestEventSequence": self.stored_events.max(),
-            "watermarkRanges": self.acked_batches.range_count() + self.stored_events.range_count(),
+            "highestEventSequence": self.highest_event_sequence,
+            "reusedSequenceNumbers": self.reused_sequence_numbers,
+            "watermarkRanges": self.acked_batches.range_count(),
             "firstSeenTime": self.first_seen_ms,
             "lastSeenTime": self.last_seen_ms,
             "lastAckTime": self.last_ack_ms,

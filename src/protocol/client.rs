@@ -267,6 +267,15 @@ fn typed<T: serde::de::DeserializeOwned>(value: Value, kind: &str) -> Result<T, 
     })
 }
 
+/// Longest identifier a message may carry (`sourceDoId`, `sourceShardName`,
+/// `correlationId`), bytes. Ids are kept per connection (the socket
+/// attachment holds at most 2 KiB), per source and in snapshot summaries,
+/// so they must stay small; a Durable Object id is 64 characters.
+pub const MAX_ID_BYTES: usize = 256;
+
+/// The top-level identifier fields bounded by [`MAX_ID_BYTES`].
+const ID_FIELDS: [&str; 3] = ["sourceDoId", "sourceShardName", "correlationId"];
+
 /// Decodes one text frame. Never panics; serde_json bounds nesting depth.
 pub fn decode_client_message(text: &str) -> Result<ClientMessage, DecodeError> {
     let value: Value = serde_json::from_str(text)
@@ -278,9 +287,11 @@ pub fn decode_client_message(text: &str) -> Result<ClientMessage, DecodeError> {
         )));
     };
     let sequence_number = object.get("sequenceNumber").and_then(Value::as_u64);
+    // An over-long id is not echoed back in the nack.
     let correlation_id = object
         .get("correlationId")
         .and_then(Value::as_str)
+        .filter(|id| id.len() <= MAX_ID_BYTES)
         .map(str::to_owned);
     let message_type = object
         .get("type")
@@ -298,6 +309,16 @@ pub fn decode_client_message(text: &str) -> Result<ClientMessage, DecodeError> {
             Some(v) => format!("field `type` must be a string, got {}", json_kind(v)),
         }));
     };
+    for field in ID_FIELDS {
+        if let Some(Value::String(id)) = object.get(field) {
+            if id.len() > MAX_ID_BYTES {
+                return Err(fail(format!(
+                    "field `{field}` is {} bytes; at most {MAX_ID_BYTES} are allowed",
+                    id.len()
+                )));
+            }
+        }
+    }
     let decoded = match kind.as_str() {
         "connect" => typed(value, "connect").map(ClientMessage::Connect),
         "cdc_batch" => typed(value, "cdc_batch")

@@ -199,6 +199,13 @@ pub struct FlushResult {
     /// What went wrong.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Whether the buffer was emptied. `false` with `success` when the flush
+    /// stopped at its time budget: the rest goes on from the next alarm.
+    #[serde(default)]
+    pub complete: bool,
+    /// Events that no table could take, written to the dead-letter table.
+    #[serde(default)]
+    pub events_rejected: u64,
 }
 
 /// `flush_response`: the answer to `flush_request`.

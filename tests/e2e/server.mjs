@@ -37,7 +37,8 @@ const mf = new Miniflare({
 });
 const url = await mf.ready;
 
-// Test-only view of the local R2 bucket, on loopback: GET /list, GET /get?key=.
+// Test-only view of the local R2 bucket, on loopback: GET /list, GET /get?key=,
+// POST /put?key= (to plant objects other tools would have written).
 const bucket = await mf.getR2Bucket('LAKEHOUSE_BUCKET');
 const inspector = http.createServer(async (req, res) => {
   try {
@@ -56,6 +57,11 @@ const inspector = http.createServer(async (req, res) => {
       if (!object) return res.writeHead(404).end();
       const body = Buffer.from(await object.arrayBuffer());
       res.writeHead(200).end(body);
+    } else if (u.pathname === '/put' && req.method === 'POST') {
+      const chunks = [];
+      for await (const chunk of req) chunks.push(chunk);
+      await bucket.put(u.searchParams.get('key'), Buffer.concat(chunks));
+      res.writeHead(200).end();
     } else {
       res.writeHead(404).end();
     }

@@ -1,0 +1,314 @@
+//! In-memory fakes of the flush's ports, for native tests: a buffer, an
+//! object store, a clock, and a crash switch that makes every operation from
+//! the n-th on fail (a process that died there), plus a reader that returns
+//! a table's rows through its metadata, manifest list, manifests and Parquet
+//! files, as an engine would.
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+
+use arrow_array::{Array, Decimal128Array, Int64Array, RecordBatch, StringArray};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+use super::faults::CommitStep;
+use super::ports::{Buffer, ObjectStore, Put};
+use super::procedure::Env;
+use super::{BufferedBatch, LoadedBatch};
+use crate::error::{Error, Result};
+use crate::intake::BufferTotals;
+use crate::lake::{CommitIds, TableMetadata, TablePaths};
+use crate::protocol::CdcEvent;
+
+/// Runs a future whose fakes never wait.
+pub(crate) fn block_on<F: Future>(f: F) -> F::Output {
+    let mut f = std::pin::pin!(f);
+    let mut cx = Context::from_waker(Waker::noop());
+    match f.as_mut().poll(&mut cx) {
+        Poll::Ready(v) => v,
+        Poll::Pending => panic!("the in-memory fakes never wait"),
+    }
+}
+
+/// Counts operations of both fakes and fails every one from `crash_at` on.
+#[derive(Debug, Default)]
+pub(crate) struct Crash {
+    ops: Cell<u64>,
+    crash_at: Cell<Option<u64>>,
+}
+
+impl Crash {
+    pub(crate) fn op(&self, what: &str) -> Result<()> {
+        let n = self.ops.get();
+        self.ops.set(n + 1);
+        match self.crash_at.get() {
+            Some(at) if n >= at => Err(Error::new(
+                crate::error::ErrorKind::Lake,
+                format!("crashed at operation {n} ({what})"),
+            )),
+            _ => Ok(()),
+        }
+    }
+    /// Fails operation `n` (0-based, counted from now) and all after it.
+    pub(crate) fn at(&self, n: u64) {
+        self.crash_at.set(Some(self.ops.get() + n));
+    }
+    pub(crate) fn heal(&self) {
+        self.crash_at.set(None);
+    }
+    pub(crate) fn ops(&self) -> u64 {
+        self.ops.get()
+    }
+}
+
+/// A stored batch: source, batch sequence number, events, stored bytes.
+type Stored = (String, u64, Vec<CdcEvent>, u64);
+
+/// The buffer in memory.
+#[derive(Debug, Default)]
+pub(crate) struct MemoryBuffer {
+    batches: RefCell<BTreeMap<i64, Stored>>,
+    next: Cell<i64>,
+    crash: Rc<Crash>,
+}
+
+impl MemoryBuffer {
+    pub(crate) fn new(crash: Rc<Crash>) -> Self {
+        Self {
+            crash,
+            ..Self::default()
+        }
+    }
+    /// Stores a batch; returns its row id.
+    pub(crate) fn push(&self, source: &str, batch_seq: u64, events: Vec<CdcEvent>) -> i64 {
+        let id = self.next.get() + 1;
+        self.next.set(id);
+        let size = serde_json::to_string(&events).map_or(0, |s| s.len() as u64);
+        self.batches
+            .borrow_mut()
+            .insert(id, (source.to_string(), batch_seq, events, size));
+        id
+    }
+    /// Stores a batch as intake planned it.
+    pub(crate) fn push_record(&self, record: &crate::intake::BatchRecord) -> i64 {
+        let events = super::parse_payload(&record.payload).unwrap();
+        self.push(&record.source_id, record.batch_seq, events)
+    }
+    pub(crate) fn len(&self) -> usize {
+        self.batches.borrow().len()
+    }
+}
+
+impl Buffer for MemoryBuffer {
+    fn list(&self, limit: u32) -> Result<Vec<BufferedBatch>> {
+        self.crash.op("list")?;
+        Ok(self
+            .batches
+            .borrow()
+            .iter()
+            .take(limit as usize)
+            .map(|(id, b)| BufferedBatch {
+                row_id: *id,
+                size_bytes: b.3,
+            })
+            .collect())
+    }
+    fn load(&self, first: i64, last: i64) -> Result<Vec<LoadedBatch>> {
+        self.crash.op("load")?;
+        Ok(self
+            .batches
+            .borrow()
+            .range(first..=last)
+            .map(|(id, b)| LoadedBatch {
+                row_id: *id,
+                source_id: b.0.clone(),
+                batch_seq: b.1,
+                events: b.2.clone(),
+            })
+            .collect())
+    }
+    fn delete_through(&self, last: i64) -> Result<()> {
+        self.crash.op("delete")?;
+        self.batches.borrow_mut().retain(|id, _| *id > last);
+        Ok(())
+    }
+    fn totals(&self) -> Result<BufferTotals> {
+        self.crash.op("totals")?;
+        let b = self.batches.borrow();
+        Ok(BufferTotals {
+            batches: b.len() as u64,
+            events: b.values().map(|v| v.2.len() as u64).sum(),
+            bytes: b.values().map(|v| v.3).sum(),
+            oldest_ms: None,
+            newest_ms: None,
+        })
+    }
+}
+
+/// The object store in memory.
+#[derive(Debug, Default)]
+pub(crate) struct MemoryStore {
+    pub(crate) objects: RefCell<BTreeMap<String, Vec<u8>>>,
+    crash: Rc<Crash>,
+}
+
+impl MemoryStore {
+    pub(crate) fn new(crash: Rc<Crash>) -> Self {
+        Self {
+            crash,
+            ..Self::default()
+        }
+    }
+    pub(crate) fn object(&self, key: &str) -> Option<Vec<u8>> {
+        self.objects.borrow().get(key).cloned()
+    }
+    pub(crate) fn insert(&self, key: &str, bytes: Vec<u8>) {
+        self.objects.borrow_mut().insert(key.to_string(), bytes);
+    }
+}
+
+impl ObjectStore for MemoryStore {
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        self.crash.op("get")?;
+        Ok(self.object(key))
+    }
+    async fn exists(&self, key: &str) -> Result<bool> {
+        self.crash.op("exists")?;
+        Ok(self.objects.borrow().contains_key(key))
+    }
+    async fn put(&self, key: &str, bytes: Vec<u8>, if_absent: bool) -> Result<Put> {
+        self.crash.op("put")?;
+        let mut objects = self.objects.borrow_mut();
+        if if_absent && objects.contains_key(key) {
+            return Ok(Put::Exists);
+        }
+        objects.insert(key.to_string(), bytes);
+        Ok(Put::Stored)
+    }
+    async fn step_done(&self, _step: CommitStep) -> Result<()> {
+        self.crash.op("step")
+    }
+}
+
+/// A clock that moves `tick` ms at every reading, and counter-based ids.
+#[derive(Debug)]
+pub(crate) struct FakeEnv {
+    pub(crate) now: Cell<i64>,
+    pub(crate) tick: i64,
+    ids: Cell<u64>,
+}
+
+impl FakeEnv {
+    pub(crate) fn new(now: i64, tick: i64) -> Self {
+        Self {
+            now: Cell::new(now),
+            tick,
+            ids: Cell::new(0),
+        }
+    }
+}
+
+impl Env for FakeEnv {
+    fn now(&self) -> i64 {
+        let now = self.now.get();
+        self.now.set(now + self.tick);
+        now
+    }
+    fn commit_ids(&self, now: i64) -> CommitIds {
+        let n = self.ids.get() + 1;
+        self.ids.set(n);
+        CommitIds {
+            snapshot_id: n as i64,
+            commit_uuid: uuid::Uuid::from_u128(0xC0 << 64 | n as u128),
+            table_uuid: uuid::Uuid::from_u128(0x7A << 64 | n as u128),
+            now_ms: now,
+        }
+    }
+}
+
+/// One row of a table as read back.
+pub(crate) type Row = BTreeMap<String, String>;
+
+/// Reads every live row of `table` as an engine would: the hint, the
+/// metadata it names, the current snapshot's manifest list, its manifests
+/// and their data files. `None` when the table does not exist.
+pub(crate) fn read_table(store: &MemoryStore, namespace: &str, table: &str) -> Option<Vec<Row>> {
+    let paths = TablePaths::new(namespace, table).unwrap();
+    let hint = store.object(&paths.version_hint_key())?;
+    let version = crate::lake::parse_version_hint(&hint).unwrap();
+    let metadata = store.object(&paths.metadata_key(version)).unwrap();
+    let metadata = TableMetadata::from_json(&metadata).unwrap();
+    let key_of = |location: &str| {
+        paths
+            .key_for_location(&metadata.location, location)
+            .unwrap_or_else(|| panic!("{location} outside the table"))
+    };
+    let mut rows = Vec::new();
+    let Some(snapshot) = metadata.current_snapshot() else {
+        return Some(rows);
+    };
+    let list = store.object(&key_of(&snapshot.manifest_list)).unwrap();
+    for manifest in crate::lake::read_manifest_list(&list).unwrap() {
+        let bytes = store.object(&key_of(&manifest.manifest_path)).unwrap();
+        for entry in apache_avro::Reader::new(&bytes[..]).unwrap() {
+            let apache_avro::types::Value::Record(fields) = entry.unwrap() else {
+                panic!("manifest entry is not a record")
+            };
+            let field = |name: &str| fields.iter().find(|(n, _)| n == name).map(|(_, v)| v);
+            if matches!(field("status"), Some(apache_avro::types::Value::Int(2))) {
+                continue;
+            }
+            let Some(apache_avro::types::Value::Record(file)) = field("data_file") else {
+                panic!("entry without data_file")
+            };
+            let path = file
+                .iter()
+                .find_map(|(n, v)| match (n.as_str(), v) {
+                    ("file_path", apache_avro::types::Value::String(s)) => Some(s.clone()),
+                    _ => None,
+                })
+                .unwrap();
+            let data = store.object(&key_of(&path)).unwrap();
+            let reader = ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(data))
+                .unwrap()
+                .build()
+                .unwrap();
+            for batch in reader {
+                rows.extend(batch_rows(&batch.unwrap()));
+            }
+        }
+    }
+    Some(rows)
+}
+
+fn batch_rows(batch: &RecordBatch) -> Vec<Row> {
+    let schema = batch.schema();
+    (0..batch.num_rows())
+        .map(|i| {
+            let mut row = Row::new();
+            for (f, col) in schema.fields().iter().zip(batch.columns()) {
+                if col.is_null(i) {
+                    continue;
+                }
+                let text = if let Some(a) = col.as_any().downcast_ref::<StringArray>() {
+                    a.value(i).to_string()
+                } else if let Some(a) = col.as_any().downcast_ref::<Int64Array>() {
+                    a.value(i).to_string()
+                } else if let Some(a) = col.as_any().downcast_ref::<Decimal128Array>() {
+                    a.value_as_string(i)
+                } else {
+                    arrow_cast_text(col.as_ref(), i)
+                };
+                row.insert(f.name().clone(), text);
+            }
+            row
+        })
+        .collect()
+}
+
+/// Any other column as debug text (enough to compare values).
+fn arrow_cast_text(col: &dyn Array, i: usize) -> String {
+    format!("{:?}", col.slice(i, 1))
+}
