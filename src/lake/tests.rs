@@ -629,3 +629,331 @@ fn bad_inputs_are_clear_errors() {
     assert!(parse_version_hint(b" 12\n").unwrap() == 12);
     assert!(parse_version_hint(b"x").is_err());
 }
+
+// ---------------------------------------------------------------- doubles
+
+/// splitmix64: a seeded generator, so the double tests are reproducible.
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+}
+
+/// Doubles of every kind: edge cases, every power of two and its neighbours,
+/// random bit patterns (finite), random subnormals, random values of everyday
+/// magnitudes, and random 15- to 17-significant-digit decimals.
+#[allow(clippy::excessive_precision)] // 2.2250738585072011e-308 on purpose
+fn test_doubles(seed: u64) -> Vec<f64> {
+    let mut v: Vec<f64> = vec![
+        0.0,
+        -0.0,
+        5e-324,
+        -5e-324,
+        1e-323,
+        2.225073858507201e-308,  // largest subnormal
+        2.2250738585072014e-308, // smallest normal
+        2.2250738585072011e-308,
+        0.1,
+        0.2,
+        0.3,
+        0.30000000000000004,
+        1.0 / 3.0,
+        2.0 / 3.0,
+        985.6906946328695,
+        4.35,
+        0.1 + 0.7,
+        1.0,
+        -1.0,
+        1.5,
+        100.0,
+        1e-7,
+        1e-6,
+        1e21,
+        1e22,
+        1e23,
+        9007199254740992.0,
+        9007199254740994.0,
+        -9007199254740994.0,
+        1.2345678901234568e20,
+        9.223372036854776e18,
+        -9.223372036854776e18,
+        1.8446744073709552e19,
+        1e308,
+        f64::MAX,
+        f64::MIN,
+        f64::EPSILON,
+        std::f64::consts::PI,
+        std::f64::consts::E,
+    ];
+    // Every power of two, and the doubles just above and below it.
+    for e in -1074_i32..=1023 {
+        let p = if e >= -1022 {
+            f64::from_bits(((e + 1023) as u64) << 52)
+        } else {
+            f64::from_bits(1 << (e + 1074))
+        };
+        for x in [p, p.next_up(), p.next_down()] {
+            if x.is_finite() {
+                v.push(x);
+            }
+        }
+    }
+    let mut rng = SplitMix(seed);
+    // Random bit patterns, finite only.
+    while v.len() < 9_500 {
+        let x = f64::from_bits(rng.next());
+        if x.is_finite() {
+            v.push(x);
+        }
+    }
+    for i in 0..6_000_u32 {
+        let r = rng.next();
+        let unit = (r >> 11) as f64 / (1_u64 << 53) as f64;
+        let x = match i % 6 {
+            // Subnormals.
+            0 => f64::from_bits((r & ((1 << 52) - 1)) | (r & (1 << 63))),
+            // Everyday magnitudes (985.6906946328695 is one of these).
+            1 => unit * 1000.0,
+            2 => unit,
+            3 => (unit - 0.5) * 2e6,
+            // Decimals of 17, 16 and 15 significant digits, any exponent.
+            _ => {
+                let digits = 15 + (i % 3);
+                let m = 10_u64.pow(digits - 1) + r % (9 * 10_u64.pow(digits - 1));
+                let exp = (rng.next() % 640) as i32 - 330;
+                let sign = if r & 1 == 0 { "" } else { "-" };
+                format!("{sign}{m}e{exp}").parse::<f64>().unwrap()
+            }
+        };
+        if x.is_finite() {
+            v.push(x);
+        }
+    }
+    v
+}
+
+/// `x` as JavaScript's `JSON.stringify` writes it: the shortest digits that
+/// read back as `x`, positional from 1e-7 to 1e21, else `1.5e+300`; -0 is `0`.
+fn js_number(x: f64) -> String {
+    if x == 0.0 {
+        return "0".into();
+    }
+    if x < 0.0 {
+        return format!("-{}", js_number(-x));
+    }
+    let sci = format!("{x:e}");
+    let (mantissa, exp) = sci.split_once('e').unwrap();
+    let digits: String = mantissa.chars().filter(|c| *c != '.').collect();
+    let k = digits.len() as i32;
+    let n = exp.parse::<i32>().unwrap() + 1;
+    if k <= n && n <= 21 {
+        format!("{digits}{}", "0".repeat((n - k) as usize))
+    } else if 0 < n && n <= 21 {
+        format!("{}.{}", &digits[..n as usize], &digits[n as usize..])
+    } else if -6 < n && n <= 0 {
+        format!("0.{}{digits}", "0".repeat(-n as usize))
+    } else {
+        let m = if k == 1 {
+            digits.clone()
+        } else {
+            format!("{}.{}", &digits[..1], &digits[1..])
+        };
+        let sign = if n > 0 { "+" } else { "-" };
+        format!("{m}e{sign}{}", (n - 1).abs())
+    }
+}
+
+/// The ways a double is written as JSON text: JavaScript's `JSON.stringify`,
+/// Rust's `{}` (shortest digits, never an exponent) and 17 significant digits.
+type DoubleFormat = (&'static str, fn(f64) -> String);
+const DOUBLE_FORMATS: [DoubleFormat; 3] = [
+    ("js", js_number),
+    ("display", |x| format!("{x}")),
+    ("e17", |x| format!("{x:.16e}")),
+];
+
+/// What a column must hold for the JSON number `text`: the double it denotes,
+/// or nothing (`None`) when it is an integer literal that a double cannot
+/// hold exactly, which goes to `_cdc_overflow` (see `changelog::fit`).
+fn expected_cell(text: &str) -> Option<f64> {
+    let exact = text.parse::<f64>().unwrap();
+    if text.contains(['.', 'e', 'E']) {
+        return Some(exact);
+    }
+    let n: i128 = match text.parse() {
+        Ok(n) => n,
+        Err(_) => return Some(exact), // beyond i128: parsed as a double
+    };
+    let negative = text.starts_with('-');
+    let integer = if negative {
+        n != 0 && n >= i128::from(i64::MIN)
+    } else {
+        n <= i128::from(u64::MAX)
+    };
+    if integer && (n as f64) as i128 != n {
+        None
+    } else {
+        Some(exact)
+    }
+}
+
+#[test]
+fn doubles_reach_parquet_bit_exact() {
+    let values = test_doubles(0x0d0_1a4e);
+    // Sanity of the formats: each text reads back (with Rust's correct
+    // parser) as the value, but JavaScript's -0, which is 0.
+    for &x in &values {
+        for (name, f) in DOUBLE_FORMATS {
+            let text = f(x);
+            let back = text.parse::<f64>().unwrap();
+            let want = if name == "js" && x == 0.0 { 0.0 } else { x };
+            assert_eq!(back.to_bits(), want.to_bits(), "{name} {text}");
+        }
+    }
+
+    // The wire: cdc_batch messages as a shard sends them, the numbers written
+    // as text, admitted by the intake, which stores the events' JSON.
+    let mut intake = crate::intake::Intake::new(
+        crate::config::DoLakeConfig::parse(Some("{}")).unwrap(),
+        vec![],
+        crate::intake::BufferTotals::default(),
+    );
+    let mut loaded = Vec::new();
+    for (b, chunk) in values.chunks(1000).enumerate() {
+        let mut events = Vec::new();
+        for (j, &x) in chunk.iter().enumerate() {
+            let seq = b * 1000 + j;
+            let cols: Vec<String> = DOUBLE_FORMATS
+                .iter()
+                .map(|(name, f)| format!("\"{name}\":{}", f(x)))
+                .collect();
+            events.push(format!(
+                r#"{{"sequence":{seq},"timestamp":{T0},"operation":"INSERT","table":"doubles","rowId":"r{seq}","after":{{"id":{seq},{}}}}}"#,
+                cols.join(",")
+            ));
+        }
+        let text = format!(
+            r#"{{"type":"cdc_batch","sourceDoId":"shard-f","sequenceNumber":{b},"events":[{}]}}"#,
+            events.join(",")
+        );
+        let crate::protocol::ClientMessage::CdcBatch(batch) =
+            crate::protocol::decode_client_message(&text)
+                .unwrap_or_else(|e| panic!("batch {b} refused: {e:?}"))
+        else {
+            panic!("not a batch")
+        };
+        let crate::intake::Admission::Store(plan) = intake.admit(T0, batch) else {
+            panic!("batch {b} not stored")
+        };
+        let record = plan.record.clone().unwrap();
+        intake.commit(T0, *plan);
+        // The flush: the stored JSON parsed back, grouped by table, committed.
+        loaded.push(crate::flush::LoadedBatch {
+            row_id: b as i64 + 1,
+            source_id: record.source_id.clone(),
+            batch_seq: record.batch_seq,
+            events: crate::flush::parse_payload(&record.payload).unwrap(),
+        });
+    }
+    let work = crate::flush::plan_step(loaded, |_| None);
+    let events = &work["doubles"].events;
+    assert_eq!(events.len(), values.len());
+    let c = plan_commit(
+        events,
+        None,
+        &options(PartitionBy::None, Compression::Zstd),
+        &ids(1),
+    )
+    .unwrap();
+    let schema = c.state.metadata.current_schema().unwrap();
+    for (name, _) in DOUBLE_FORMATS {
+        assert_eq!(
+            schema.field_by_name(name).unwrap().field_type,
+            metadata::FieldType::Double,
+            "{name}"
+        );
+    }
+
+    // Read every file back and compare every value's bits.
+    let mut got: BTreeMap<usize, (Vec<Option<f64>>, Option<String>)> = BTreeMap::new();
+    for d in put(&c, ObjectKind::Data) {
+        let (batches, _) = read_parquet(&d.bytes);
+        for b in &batches {
+            let seq = b.column_by_name("_cdc_seq").unwrap();
+            let seq = seq
+                .as_any()
+                .downcast_ref::<arrow_array::Int64Array>()
+                .unwrap();
+            let overflow = b.column_by_name("_cdc_overflow").unwrap();
+            let overflow = overflow
+                .as_any()
+                .downcast_ref::<arrow_array::StringArray>()
+                .unwrap();
+            let cols: Vec<arrow_array::Float64Array> = DOUBLE_FORMATS
+                .iter()
+                .map(|(name, _)| {
+                    b.column_by_name(name)
+                        .unwrap()
+                        .as_any()
+                        .downcast_ref::<arrow_array::Float64Array>()
+                        .unwrap()
+                        .clone()
+                })
+                .collect();
+            for r in 0..b.num_rows() {
+                let cells = cols
+                    .iter()
+                    .map(|a| (!arrow_array::Array::is_null(a, r)).then(|| a.value(r)))
+                    .collect();
+                let o = (!arrow_array::Array::is_null(overflow, r))
+                    .then(|| overflow.value(r).to_string());
+                got.insert(seq.value(r) as usize, (cells, o));
+            }
+        }
+    }
+    assert_eq!(got.len(), values.len());
+    let mut wrong = Vec::new();
+    let mut overflowed = 0;
+    for (seq, &x) in values.iter().enumerate() {
+        let (cells, overflow) = &got[&seq];
+        let mut want_overflow = serde_json::Map::new();
+        for (i, (name, f)) in DOUBLE_FORMATS.iter().enumerate() {
+            let text = f(x);
+            match expected_cell(&text) {
+                Some(want) => {
+                    if cells[i].map(f64::to_bits) != Some(want.to_bits()) {
+                        wrong.push(format!(
+                            "{name}: sent {text}, stored {:?} ({:?}), want {want:?} ({:#018x})",
+                            cells[i],
+                            cells[i].map(|c| format!("{:#018x}", c.to_bits())),
+                            want.to_bits()
+                        ));
+                    }
+                }
+                None => {
+                    overflowed += 1;
+                    assert_eq!(cells[i], None, "{name} {text}");
+                    want_overflow.insert(name.to_string(), serde_json::from_str(&text).unwrap());
+                }
+            }
+        }
+        let want_overflow =
+            (!want_overflow.is_empty()).then(|| Value::Object(want_overflow).to_string());
+        assert_eq!(overflow, &want_overflow, "seq {seq}: {x:?}");
+    }
+    let total = values.len() * DOUBLE_FORMATS.len();
+    assert!(
+        wrong.is_empty(),
+        "{} of {total} doubles were changed on the way to Parquet, e.g.:\n{}",
+        wrong.len(),
+        wrong[..wrong.len().min(20)].join("\n")
+    );
+    // The integer literals a double cannot hold are few (and kept exactly).
+    assert!(overflowed < total / 100, "{overflowed} overflowed");
+}

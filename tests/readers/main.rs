@@ -11,7 +11,10 @@
 //!   events sent (not from the writer), timestamps in microseconds, JSON-text
 //!   columns as parsed JSON;
 //! - `<dir>/tables.json`: per table its metadata file, snapshots with their
-//!   cumulative row counts, and which columns hold JSON text.
+//!   cumulative row counts, and which columns hold JSON text;
+//! - `<dir>/expected/random_doubles.bits.json`: for the `random_doubles`
+//!   table, the exact bits (hex) every double column must read back as, per
+//!   `_cdc_seq`.
 //!
 //! Every commit after the first is planned on the state read back from the
 //! files written (version hint, metadata, manifest list), as after a restart.
@@ -282,6 +285,198 @@ fn logs() -> TableSpec {
     }
 }
 
+/// splitmix64: a seeded generator, so the tables are the same on every run.
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+}
+
+/// Doubles of every kind, `n` in all: edge cases, powers of two and their
+/// neighbours, random bit patterns (finite), random subnormals, random values
+/// of everyday magnitudes, random 15- to 17-significant-digit decimals.
+fn random_doubles(seed: u64, n: usize) -> Vec<f64> {
+    let mut v: Vec<f64> = vec![
+        0.0,
+        -0.0,
+        5e-324,
+        -5e-324,
+        2.225073858507201e-308,
+        2.2250738585072014e-308,
+        0.30000000000000004,
+        0.1,
+        1.0 / 3.0,
+        985.6906946328695,
+        4.35,
+        1e-7,
+        1e21,
+        1e23,
+        9007199254740994.0,
+        1.2345678901234568e20,
+        1e308,
+        f64::MAX,
+        f64::MIN,
+    ];
+    for e in (-1074_i32..=1023).step_by(5) {
+        let p = if e >= -1022 {
+            f64::from_bits(((e + 1023) as u64) << 52)
+        } else {
+            f64::from_bits(1 << (e + 1074))
+        };
+        v.extend([p, p.next_up(), p.next_down()]);
+    }
+    let mut rng = SplitMix(seed);
+    let mut i = 0_u64;
+    while v.len() < n {
+        let r = rng.next();
+        let unit = (r >> 11) as f64 / (1_u64 << 53) as f64;
+        let x = match i % 8 {
+            0 | 1 => f64::from_bits(rng.next()),
+            2 => f64::from_bits((r & ((1 << 52) - 1)) | (r & (1 << 63))),
+            3 => unit * 1000.0,
+            4 => (unit - 0.5) * 2e6,
+            _ => {
+                let digits = 15 + (i % 3) as u32;
+                let m = 10_u64.pow(digits - 1) + r % (9 * 10_u64.pow(digits - 1));
+                let exp = (rng.next() % 640) as i32 - 330;
+                let sign = if r & 1 == 0 { "" } else { "-" };
+                format!("{sign}{m}e{exp}").parse::<f64>().unwrap()
+            }
+        };
+        i += 1;
+        if x.is_finite() {
+            v.push(x);
+        }
+    }
+    v.truncate(n);
+    v
+}
+
+/// `x` as JavaScript's `JSON.stringify` writes it: the shortest digits that
+/// read back as `x`, positional from 1e-7 to 1e21, else `1.5e+300`; -0 is `0`.
+fn js_number(x: f64) -> String {
+    if x == 0.0 {
+        return "0".into();
+    }
+    if x < 0.0 {
+        return format!("-{}", js_number(-x));
+    }
+    let sci = format!("{x:e}");
+    let (mantissa, exp) = sci.split_once('e').unwrap();
+    let digits: String = mantissa.chars().filter(|c| *c != '.').collect();
+    let k = digits.len() as i32;
+    let n = exp.parse::<i32>().unwrap() + 1;
+    if k <= n && n <= 21 {
+        format!("{digits}{}", "0".repeat((n - k) as usize))
+    } else if 0 < n && n <= 21 {
+        format!("{}.{}", &digits[..n as usize], &digits[n as usize..])
+    } else if -6 < n && n <= 0 {
+        format!("0.{}{digits}", "0".repeat(-n as usize))
+    } else {
+        let m = if k == 1 {
+            digits.clone()
+        } else {
+            format!("{}.{}", &digits[..1], &digits[1..])
+        };
+        let sign = if n > 0 { "+" } else { "-" };
+        format!("{m}e{sign}{}", (n - 1).abs())
+    }
+}
+
+/// The double columns of the `random_doubles` table and how their values are
+/// sent: as JavaScript's `JSON.stringify` writes them, and with 17 significant
+/// digits.
+type DoubleColumn = (&'static str, fn(f64) -> String);
+const DOUBLE_COLUMNS: [DoubleColumn; 2] = [("js", js_number), ("e17", |x| format!("{x:.16e}"))];
+
+/// The bits a double column must hold for the JSON number `text`: those of
+/// the double it denotes, or none (null) when it is an integer literal that a
+/// double cannot hold exactly, which the writer puts in `_cdc_overflow`.
+fn expected_bits(text: &str) -> Option<u64> {
+    let exact = text.parse::<f64>().unwrap().to_bits();
+    if text.contains(['.', 'e', 'E']) {
+        return Some(exact);
+    }
+    let Ok(n) = text.parse::<i128>() else {
+        return Some(exact);
+    };
+    let integer = if text.starts_with('-') {
+        n != 0 && n >= i128::from(i64::MIN)
+    } else {
+        n <= i128::from(u64::MAX)
+    };
+    (!integer || (n as f64) as i128 == n).then_some(exact)
+}
+
+/// Doubles: a few thousand random doubles of every kind (fixed seed), sent as
+/// JSON text the way a shard writes them and parsed the way the flush parses
+/// the stored events. Returns the table and, per `_cdc_seq`, the exact bits
+/// (hex) of every double column, or null where the value is overflow.
+fn doubles() -> (TableSpec, Value) {
+    let values = random_doubles(0xd01a_4ef6_4b17, 3000);
+    let mut bits = Map::new();
+    let mut commits = Vec::new();
+    for (n, chunk) in values.chunks(1500).enumerate() {
+        let mut payload = Vec::new();
+        for (j, &x) in chunk.iter().enumerate() {
+            let seq = n * 1500 + j + 1;
+            let mut cols = vec![format!("\"id\":{seq}")];
+            let mut row = Map::new();
+            for (name, f) in DOUBLE_COLUMNS {
+                let text = f(x);
+                // The text denotes the value (JavaScript's -0 is 0).
+                let want = if x == 0.0 && name == "js" { 0.0 } else { x };
+                assert_eq!(text.parse::<f64>().unwrap().to_bits(), want.to_bits());
+                cols.push(format!("\"{name}\":{text}"));
+                row.insert(
+                    name.to_string(),
+                    json!(expected_bits(&text).map(|b| format!("{b:016x}"))),
+                );
+            }
+            bits.insert(seq.to_string(), Value::Object(row));
+            payload.push(format!(
+                r#"{{"sequence":{seq},"timestamp":{},"operation":"INSERT","table":"random_doubles","rowId":"d{seq}","after":{{{}}}}}"#,
+                DAY0 + seq as i64,
+                cols.join(",")
+            ));
+        }
+        // The stored JSON of a batch, parsed as the flush parses it.
+        let parsed = dolake::flush::parse_payload(&format!("[{}]", payload.join(","))).unwrap();
+        let events: Vec<ChangeEvent> = parsed
+            .into_iter()
+            .map(|e| dolake::flush::into_change_event("shard-f", 1 + n as u64, e))
+            .collect();
+        // The parse is exact: every double is the one sent (or an integer).
+        for e in &events {
+            let after = e.after.as_ref().unwrap();
+            for (name, _) in DOUBLE_COLUMNS {
+                let want = &bits[&e.sequence.to_string()][name];
+                let got = after[name].as_f64().unwrap().to_bits();
+                if let Some(want) = want.as_str() {
+                    assert_eq!(format!("{got:016x}"), want, "{name} of {}", e.sequence);
+                }
+            }
+        }
+        let compression = [Compression::Zstd, Compression::Snappy][n % 2];
+        commits.push((compression, events));
+    }
+    let spec = TableSpec {
+        name: "random_doubles",
+        partition_by: PartitionBy::None,
+        row_group_size: 1000,
+        target_file_size: 16 * 1024,
+        columns: vec![("id", Ty::Long), ("js", Ty::Double), ("e17", Ty::Double)],
+        commits,
+    };
+    (spec, Value::Object(bits))
+}
+
 /// The row every reader must return for `e`, derived from the event alone
 /// and the expected column types.
 fn expected_row(e: &ChangeEvent, columns: &[(&str, Ty)]) -> Value {
@@ -488,10 +683,28 @@ fn write_reader_test_tables() {
     let _ = std::fs::remove_dir_all(&out);
     std::fs::create_dir_all(&out).unwrap();
     let out = out.canonicalize().unwrap();
-    let tables: Vec<Value> = [orders(), metrics(), logs()]
+    let (doubles, double_bits) = doubles();
+    let mut tables: Vec<Value> = [orders(), metrics(), logs(), doubles]
         .iter()
         .map(|t| write_table(&out, t))
         .collect();
+    let bits_path = out.join("expected").join("random_doubles.bits.json");
+    std::fs::write(&bits_path, serde_json::to_vec(&double_bits).unwrap()).unwrap();
+    tables[3]["double_bits"] = json!(bits_path);
+    // Some integer literals sent for doubles went to the overflow column.
+    let overflowed: u64 = tables[3]["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["overflow"]["js"].as_u64().unwrap_or(0))
+        .sum();
+    let want_overflow = double_bits
+        .as_object()
+        .unwrap()
+        .values()
+        .filter(|r| r["js"].is_null())
+        .count();
+    assert_eq!(overflowed, want_overflow as u64);
     // The logs table was split into several files per commit.
     assert!(tables[2]["snapshots"][0]["data_files"].as_u64().unwrap() >= 3);
     // The conflicts of the orders table were counted.
