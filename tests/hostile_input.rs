@@ -4,7 +4,7 @@
 
 use dolake::config::DoLakeConfig;
 use dolake::flush::into_change_event;
-use dolake::lake::{plan_commit, CommitIds, WriteOptions};
+use dolake::lake::{check_change_event, plan_commit, CommitIds, WriteOptions};
 use dolake::protocol::{decode_client_message, ClientMessage};
 use proptest::prelude::*;
 use serde_json::{json, Value};
@@ -19,7 +19,8 @@ fn ids() -> CommitIds {
 }
 
 /// Decodes, and if it is a batch, writes it as a commit; any outcome but a
-/// panic is fine.
+/// panic is fine, except that the events the lake's rule accepts (the ones
+/// intake acknowledges) must be written.
 fn through_everything(text: &str) {
     if let Ok(ClientMessage::CdcBatch(batch)) = decode_client_message(text) {
         let config = DoLakeConfig::default();
@@ -35,12 +36,17 @@ fn through_everything(text: &str) {
                 ));
         }
         for (table, events) in by_table {
-            let _ = plan_commit(
-                &events,
-                None,
-                &WriteOptions::from_config(&config, &table),
-                &ids(),
-            );
+            let options = WriteOptions::from_config(&config, &table);
+            let _ = plan_commit(&events, None, &options, &ids());
+            let accepted: Vec<_> = events
+                .into_iter()
+                .filter(|e| check_change_event(&table, e).is_ok())
+                .collect();
+            if !accepted.is_empty() {
+                if let Err(e) = plan_commit(&accepted, None, &options, &ids()) {
+                    panic!("accepted events of {table:?} failed to plan: {e}");
+                }
+            }
         }
     }
 }
@@ -120,8 +126,21 @@ fn named_hostile_cases() {
         &event("t", json!({}))
             .replace("{}", r#"{"n": 1e308, "m": 123456789012345678901234567890}"#),
     );
-    // Table names that could escape the bucket prefix are refused with a reason.
-    for bad in ["../etc", "a/b", "..", "a\\b", "", "tab\u{1}"] {
+    // Table names that could escape the bucket prefix, or that readers would
+    // have to escape or split, are refused with a reason; so are DoLake's own.
+    for bad in [
+        "../etc",
+        "a/b",
+        "..",
+        "a\\b",
+        "",
+        "tab\u{1}",
+        "ns.table",
+        ".hidden",
+        "sp ace",
+        "ünïcødé_表",
+        "_dolake_rejected",
+    ] {
         let e = decode_client_message(&event(bad, json!({}))).unwrap_err();
         assert!(e.message.contains("`table`"), "{bad:?}: {}", e.message);
     }
@@ -130,9 +149,11 @@ fn named_hostile_cases() {
         .unwrap_err()
         .message
         .contains("128"));
-    // Unicode and 10 KB column names are stored faithfully.
+    // Unicode column names are stored faithfully as columns; a 10 KB name
+    // keeps its value in `_cdc_overflow` (names become columns up to 255
+    // bytes).
     let text = event(
-        "ünïcødé_表",
+        "unicode-cols",
         json!({"名前": "値", "k".repeat(10 * 1024): 1, "emoji😀": true}),
     );
     let ClientMessage::CdcBatch(batch) = decode_client_message(&text).unwrap() else {
@@ -143,10 +164,13 @@ fn named_hostile_cases() {
         .into_iter()
         .map(|e| into_change_event("s", 1, e))
         .collect();
+    for e in &events {
+        check_change_event("unicode-cols", e).unwrap();
+    }
     let commit = plan_commit(
         &events,
         None,
-        &WriteOptions::from_config(&DoLakeConfig::default(), "ünïcødé_表"),
+        &WriteOptions::from_config(&DoLakeConfig::default(), "unicode-cols"),
         &ids(),
     )
     .unwrap();
@@ -154,8 +178,80 @@ fn named_hostile_cases() {
     for name in ["名前", "emoji😀"] {
         assert!(schema.field_by_name(name).is_some(), "{name}");
     }
-    assert!(schema.field_by_name(&"k".repeat(10 * 1024)).is_some());
+    assert!(schema.field_by_name(&"k".repeat(10 * 1024)).is_none());
+    assert_eq!(commit.overflow.get(&"k".repeat(10 * 1024)), Some(&1));
     // Non-UTF-8 bytes arrive as binary frames or are replaced by the runtime;
     // lossy text never panics the decoder.
     through_everything(&String::from_utf8_lossy(&[0xff, 0xfe, b'{', 0x80]));
+}
+
+/// Events the wire format accepts but the lake cannot write (issue 9): the
+/// lake's rule, which intake applies before acknowledging, refuses each with
+/// the field and the limit; everything just inside the limits is written.
+#[test]
+fn poison_events_are_refused_by_the_lakes_rule() {
+    let decode = |event: Value| {
+        let text = batch_with(json!([event]));
+        let ClientMessage::CdcBatch(batch) = decode_client_message(&text).unwrap() else {
+            panic!()
+        };
+        let e = batch.events.into_iter().next().unwrap();
+        (e.table.clone(), into_change_event("s", 1, e))
+    };
+    let base = json!({"sequence": 1, "timestamp": 1_700_000_000_000_i64, "operation": "INSERT",
+        "table": "t", "rowId": "r", "after": {}});
+    let with = |k: &str, v: Value| {
+        let mut e = base.clone();
+        e[k] = v;
+        e
+    };
+    let many: serde_json::Map<String, Value> =
+        (0..5000).map(|i| (format!("k{i}"), json!(i))).collect();
+    for (event, field) in [
+        (
+            with("timestamp", json!(9_300_000_000_000_000_i64)),
+            "timestamp",
+        ),
+        (with("timestamp", json!(i64::MIN)), "timestamp"),
+        (with("sequence", json!(u64::MAX)), "sequence"),
+        (
+            with("after", Value::Object(many.clone())),
+            "after has 5000 keys",
+        ),
+    ] {
+        let (table, e) = decode(event);
+        let why = check_change_event(&table, &e).unwrap_err();
+        assert!(why.message().starts_with(field), "{}", why.message());
+    }
+    let edges = [
+        with("timestamp", json!(dolake::lake::limits::MAX_TIMESTAMP_MS)),
+        with("timestamp", json!(dolake::lake::limits::MIN_TIMESTAMP_MS)),
+        with("sequence", json!(i64::MAX)),
+        with(
+            "after",
+            Value::Object(
+                many.into_iter()
+                    .take(dolake::lake::limits::MAX_EVENT_KEYS)
+                    .collect(),
+            ),
+        ),
+    ];
+    let events: Vec<_> = edges
+        .into_iter()
+        .map(|e| {
+            let (table, e) = decode(e);
+            check_change_event(&table, &e).unwrap();
+            e
+        })
+        .collect();
+    let mut config = DoLakeConfig::default();
+    config.partition_by = dolake::config::PartitionBy::Hour;
+    let commit = plan_commit(
+        &events,
+        None,
+        &WriteOptions::from_config(&config, "t"),
+        &ids(),
+    )
+    .unwrap();
+    assert_eq!(commit.rows, 4);
 }

@@ -31,11 +31,20 @@
 //! counts it per column. So do values under names reserved for DoLake (any
 //! name starting with `_cdc_`) and under the empty name. Integers in a double
 //! column are stored as doubles when exactly representable.
+//!
+//! A table does not grow without bound: it gets at most
+//! [`MAX_TABLE_COLUMNS`] columns, a commit adds none once the schemas kept
+//! in the metadata would hold more than
+//! [`MAX_SCHEMA_FIELDS`](super::limits::MAX_SCHEMA_FIELDS) fields together,
+//! and names longer than [`MAX_COLUMN_NAME_BYTES`] never become columns. A
+//! key left without a column keeps its value in `_cdc_overflow`, like a
+//! value of the wrong type (see [`limits`](super::limits)).
 
 use std::collections::{BTreeMap, HashMap};
 
 use serde_json::{Map, Value};
 
+use super::limits::{check_timestamp, MAX_COLUMN_NAME_BYTES, MAX_TABLE_COLUMNS};
 use super::metadata::{Field, FieldType, Schema};
 use crate::error::{Error, ErrorKind, Result};
 
@@ -120,17 +129,23 @@ impl ChangeEvent {
         }
     }
 
-    /// `_cdc_ts` in microseconds.
+    /// `_cdc_ts` in microseconds. Refuses a timestamp outside
+    /// [`MIN_TIMESTAMP_MS`](super::limits::MIN_TIMESTAMP_MS)..=
+    /// [`MAX_TIMESTAMP_MS`](super::limits::MAX_TIMESTAMP_MS), whose `hour`
+    /// partition value would not fit an `i32` (see [`check_timestamp`]).
     pub fn timestamp_micros(&self) -> Result<i64> {
-        self.timestamp_ms.checked_mul(1000).ok_or_else(|| {
+        check_timestamp(self.timestamp_ms).map_err(|e| {
             Error::new(
                 ErrorKind::InvalidFormat,
                 format!(
-                    "event {} of source {} has a timestamp out of range: {}",
-                    self.sequence, self.source_id, self.timestamp_ms
+                    "event {} of source {}: {}",
+                    self.sequence,
+                    self.source_id,
+                    e.message()
                 ),
             )
-        })
+        })?;
+        Ok(self.timestamp_ms * 1000)
     }
 
     /// `_cdc_seq` as a long.
@@ -214,16 +229,34 @@ pub struct Evolution {
 /// columns). Existing columns are never changed; new ones are optional, get
 /// ids above `last_column_id`, and come in order of first appearance. When a
 /// column is added the schema gets id `next_schema_id`.
+///
+/// The schema grows to [`MAX_TABLE_COLUMNS`] columns at most, and names
+/// longer than [`MAX_COLUMN_NAME_BYTES`] never become columns: keys left
+/// without a column keep their values in `_cdc_overflow` (see
+/// [`RowLayout::fill`]).
 pub fn evolve(
     current: Option<&Schema>,
     last_column_id: i32,
     next_schema_id: i32,
     events: &[ChangeEvent],
 ) -> Evolution {
+    evolve_within(current, last_column_id, next_schema_id, events, usize::MAX)
+}
+
+/// [`evolve`] adding at most `room` columns (the first to appear), for the
+/// table-wide bounds of [`schema_room`](super::limits::schema_room).
+pub fn evolve_within(
+    current: Option<&Schema>,
+    last_column_id: i32,
+    next_schema_id: i32,
+    events: &[ChangeEvent],
+    room: usize,
+) -> Evolution {
     let (mut schema, mut last_id) = match current {
         Some(s) => (s.clone(), last_column_id),
         None => (Schema::new(0, base_fields()), 8),
     };
+    let room = room.min(MAX_TABLE_COLUMNS.saturating_sub(schema.fields.len()));
     let existing: HashMap<&str, ()> = schema
         .fields
         .iter()
@@ -233,11 +266,17 @@ pub fn evolve(
     let mut new: HashMap<String, (usize, Kind)> = HashMap::new();
     for image in events.iter().filter_map(ChangeEvent::row_image) {
         for (name, value) in image {
-            if !is_row_column_name(name) || existing.contains_key(name.as_str()) {
+            if !is_row_column_name(name)
+                || name.len() > MAX_COLUMN_NAME_BYTES
+                || existing.contains_key(name.as_str())
+            {
                 continue;
             }
             let Some(kind) = kind_of(value) else { continue };
             let next = new.len();
+            if next >= room && !new.contains_key(name) {
+                continue; // no room: the value goes to the overflow column
+            }
             let entry = new.entry(name.clone()).or_insert((next, kind));
             // Integers and fractions together make a double column.
             if matches!(

@@ -6,12 +6,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use uuid::Uuid;
 
 use super::avro::{write_manifest, write_manifest_list, DataFile, FieldSummary, ManifestFile};
-use super::changelog::{evolve, ChangeEvent, RowLayout, TS};
+use super::changelog::{evolve_within, ChangeEvent, RowLayout, TS};
+use super::limits::schema_room;
 use super::metadata::{
-    MetadataLogEntry, PartitionField, PartitionSpec, Snapshot, SnapshotLogEntry, SnapshotRef,
-    SortOrder, TableMetadata,
+    FieldType, MetadataLogEntry, PartitionField, PartitionSpec, Schema, Snapshot, SnapshotLogEntry,
+    SnapshotRef, SortOrder, TableMetadata,
 };
-use super::parquet::{write_data_files, ParquetSettings};
+use super::parquet::{write_data_files, EncodedFile, ParquetSettings};
 use super::stats::{day_of, day_string, hour_of, hour_string};
 use super::table::{TablePaths, TableState};
 use crate::config::{Compression, DoLakeConfig, PartitionBy};
@@ -194,7 +195,7 @@ fn lake_error(msg: impl Into<String>) -> Error {
 
 /// The partition spec for `by`, reusing a matching spec of the table or
 /// adding one. Returns the spec and the new `last-partition-id`.
-fn resolve_spec(
+pub(crate) fn resolve_spec(
     base: Option<&TableMetadata>,
     by: PartitionBy,
     ts_id: i32,
@@ -296,69 +297,23 @@ pub fn plan_commit_with_marks(
     ids: &CommitIds,
     marks: &BTreeMap<String, String>,
 ) -> Result<Commit> {
-    if let Some(bad) = marks.keys().find(|k| !k.starts_with(SUMMARY_MARK_PREFIX)) {
-        return Err(Error::internal(format!(
-            "summary mark {bad:?} must start with {SUMMARY_MARK_PREFIX:?}"
-        )));
-    }
-    let paths = TablePaths::new(&options.namespace, &options.table)?;
-    if events.is_empty() {
-        return Err(Error::internal("a commit needs at least one event"));
-    }
-    if ids.snapshot_id <= 0 {
-        return Err(Error::internal("snapshot ids must be positive"));
-    }
-    let base = current.map(|c| &c.metadata);
-    if let Some(b) = base {
-        if b.snapshot(ids.snapshot_id).is_some() {
-            return Err(Error::internal(format!(
-                "snapshot id {} is already used in the table",
-                ids.snapshot_id
-            )));
-        }
-        if let Some(s) = b.current_snapshot() {
-            if let Some(total) = summary_u64(&s.summary, "total-records") {
-                let listed: i64 = current
-                    .map(|c| &c.manifests)
-                    .into_iter()
-                    .flatten()
-                    .map(|m| m.added_rows_count + m.existing_rows_count)
-                    .sum();
-                if listed != total as i64 {
-                    return Err(lake_error(format!(
-                        "the manifest list given holds {listed} rows but snapshot {} has {total}; it is not the current snapshot's",
-                        s.snapshot_id
-                    )));
-                }
-            }
-        }
-    }
-    let location = match base {
-        Some(b) => b.location.trim_end_matches('/').to_string(),
-        None => format!(
-            "{}/{}",
-            options.warehouse_location.trim_end_matches('/'),
-            paths.prefix()
-        ),
-    };
-    let key_of = |loc: &str| -> Result<String> {
-        paths
-            .key_for_location(&location, loc)
-            .ok_or_else(|| Error::internal(format!("{loc} is outside the table")))
-    };
+    let start = Start::new(events.len(), current, options, ids, marks)?;
+    let base = start.base();
 
     // Schema.
     let next_schema_id = base
         .map(|b| b.schemas.iter().map(|s| s.schema_id).max().unwrap_or(0) + 1)
         .unwrap_or(0);
-    let evolution = evolve(
+    let evolution = evolve_within(
         base.and_then(TableMetadata::current_schema),
         base.map(|b| b.last_column_id).unwrap_or(0),
         next_schema_id,
         events,
+        schema_room(base),
     );
     let schema = &evolution.schema;
     let layout = RowLayout::new(schema)?;
+    debug_assert!(schema.field_by_name(TS).is_some());
     let ts_id = schema.fields[layout.ts_index()].id;
 
     // Partitioning: group the events by partition value, in event order.
@@ -390,59 +345,252 @@ pub fn plan_commit_with_marks(
         target_file_size: options.target_file_size,
     };
     let mut overflow = BTreeMap::new();
-    let mut puts = Vec::new();
-    let mut data_files = Vec::new();
-    let mut data_bytes = 0_u64;
+    let mut data = DataFiles::default();
     for (value, group) in &groups {
         let dir = match (transform.as_deref(), value) {
             (Some("day"), Some(d)) => format!("data/_cdc_ts_day={}", day_string(*d)),
             (Some("hour"), Some(h)) => format!("data/_cdc_ts_hour={}", hour_string(*h)),
             _ => "data".to_string(),
         };
+        let partition = if transform.is_some() {
+            vec![*value]
+        } else {
+            vec![]
+        };
         for file in write_data_files(schema, &layout, group, &settings, &mut overflow)? {
-            let n = data_files.len();
-            let file_path = format!("{location}/{dir}/{}-{n:05}.parquet", ids.commit_uuid);
-            let mut df = DataFile {
-                file_path: file_path.clone(),
-                partition: if transform.is_some() {
-                    vec![*value]
-                } else {
-                    vec![]
-                },
-                record_count: file.record_count as i64,
-                file_size_in_bytes: file.bytes.len() as i64,
-                column_sizes: file.column_sizes,
-                value_counts: BTreeMap::new(),
-                null_value_counts: BTreeMap::new(),
-                nan_value_counts: BTreeMap::new(),
-                lower_bounds: BTreeMap::new(),
-                upper_bounds: BTreeMap::new(),
-            };
-            for (field, st) in schema.fields.iter().zip(&file.stats) {
-                if st.values == 0 {
-                    continue; // not written (unsupported type)
-                }
-                df.value_counts.insert(field.id, st.values as i64);
-                df.null_value_counts.insert(field.id, st.nulls as i64);
-                if field.field_type == super::metadata::FieldType::Double {
-                    df.nan_value_counts.insert(field.id, st.nans as i64);
-                }
-                if let Some(b) = st.lower_bound() {
-                    df.lower_bounds.insert(field.id, b);
-                }
-                if let Some(b) = st.upper_bound() {
-                    df.upper_bounds.insert(field.id, b);
-                }
-            }
-            data_bytes += file.bytes.len() as u64;
-            puts.push(PutObject {
-                key: key_of(&file_path)?,
-                bytes: file.bytes,
-                kind: ObjectKind::Data,
-            });
-            data_files.push(df);
+            data.add(&start, ids, schema, &dir, partition.clone(), file)?;
         }
     }
+
+    let properties = BTreeMap::from([
+        ("write.format.default".to_string(), "parquet".to_string()),
+        (
+            "dolake.table-layout".to_string(),
+            "changelog-v1".to_string(),
+        ),
+    ]);
+    finish(
+        start,
+        options,
+        ids,
+        marks,
+        Written {
+            schema: evolution.schema,
+            last_column_id: evolution.last_column_id,
+            spec,
+            spec_is_new,
+            last_partition_id,
+            data,
+            overflow,
+            added_columns: evolution.added,
+            sources,
+            new_table_properties: properties,
+        },
+    )
+}
+
+/// The start of every commit: the checks that do not depend on the rows,
+/// the table's keys and its location.
+pub(crate) struct Start<'a> {
+    paths: TablePaths,
+    location: String,
+    current: Option<&'a TableState>,
+}
+
+impl<'a> Start<'a> {
+    /// Checks `marks`, the table name, that there are rows (`rows`) and that
+    /// the snapshot id is new, and that `current` is consistent.
+    pub(crate) fn new(
+        rows: usize,
+        current: Option<&'a TableState>,
+        options: &WriteOptions,
+        ids: &CommitIds,
+        marks: &BTreeMap<String, String>,
+    ) -> Result<Self> {
+        if let Some(bad) = marks.keys().find(|k| !k.starts_with(SUMMARY_MARK_PREFIX)) {
+            return Err(Error::internal(format!(
+                "summary mark {bad:?} must start with {SUMMARY_MARK_PREFIX:?}"
+            )));
+        }
+        let paths = TablePaths::new(&options.namespace, &options.table)?;
+        if rows == 0 {
+            return Err(Error::internal("a commit needs at least one event"));
+        }
+        if ids.snapshot_id <= 0 {
+            return Err(Error::internal("snapshot ids must be positive"));
+        }
+        let base = current.map(|c| &c.metadata);
+        if let Some(b) = base {
+            if b.snapshot(ids.snapshot_id).is_some() {
+                return Err(Error::internal(format!(
+                    "snapshot id {} is already used in the table",
+                    ids.snapshot_id
+                )));
+            }
+            if let Some(s) = b.current_snapshot() {
+                if let Some(total) = summary_u64(&s.summary, "total-records") {
+                    let listed: i64 = current
+                        .map(|c| &c.manifests)
+                        .into_iter()
+                        .flatten()
+                        .map(|m| m.added_rows_count + m.existing_rows_count)
+                        .sum();
+                    if listed != total as i64 {
+                        return Err(lake_error(format!(
+                            "the manifest list given holds {listed} rows but snapshot {} has {total}; it is not the current snapshot's",
+                            s.snapshot_id
+                        )));
+                    }
+                }
+            }
+        }
+        let location = match base {
+            Some(b) => b.location.trim_end_matches('/').to_string(),
+            None => format!(
+                "{}/{}",
+                options.warehouse_location.trim_end_matches('/'),
+                paths.prefix()
+            ),
+        };
+        Ok(Self {
+            paths,
+            location,
+            current,
+        })
+    }
+
+    /// The table's current metadata.
+    pub(crate) fn base(&self) -> Option<&'a TableMetadata> {
+        self.current.map(|c| &c.metadata)
+    }
+
+    /// The object key of a location inside the table.
+    fn key_of(&self, loc: &str) -> Result<String> {
+        self.paths
+            .key_for_location(&self.location, loc)
+            .ok_or_else(|| Error::internal(format!("{loc} is outside the table")))
+    }
+}
+
+/// The data files of a commit: their manifest entries and their puts.
+#[derive(Default)]
+pub(crate) struct DataFiles {
+    files: Vec<DataFile>,
+    puts: Vec<PutObject>,
+    bytes: u64,
+}
+
+impl DataFiles {
+    /// Adds `file`, written with `schema`, under `dir` (relative to the
+    /// table location) with partition values `partition`.
+    pub(crate) fn add(
+        &mut self,
+        start: &Start<'_>,
+        ids: &CommitIds,
+        schema: &Schema,
+        dir: &str,
+        partition: Vec<Option<i32>>,
+        file: EncodedFile,
+    ) -> Result<()> {
+        let n = self.files.len();
+        let file_path = format!(
+            "{}/{dir}/{}-{n:05}.parquet",
+            start.location, ids.commit_uuid
+        );
+        let mut df = DataFile {
+            file_path: file_path.clone(),
+            partition,
+            record_count: file.record_count as i64,
+            file_size_in_bytes: file.bytes.len() as i64,
+            column_sizes: file.column_sizes,
+            value_counts: BTreeMap::new(),
+            null_value_counts: BTreeMap::new(),
+            nan_value_counts: BTreeMap::new(),
+            lower_bounds: BTreeMap::new(),
+            upper_bounds: BTreeMap::new(),
+        };
+        for (field, st) in schema.fields.iter().zip(&file.stats) {
+            if st.values == 0 {
+                continue; // not written (unsupported type)
+            }
+            df.value_counts.insert(field.id, st.values as i64);
+            df.null_value_counts.insert(field.id, st.nulls as i64);
+            if field.field_type == FieldType::Double {
+                df.nan_value_counts.insert(field.id, st.nans as i64);
+            }
+            if let Some(b) = st.lower_bound() {
+                df.lower_bounds.insert(field.id, b);
+            }
+            if let Some(b) = st.upper_bound() {
+                df.upper_bounds.insert(field.id, b);
+            }
+        }
+        self.bytes += file.bytes.len() as u64;
+        self.puts.push(PutObject {
+            key: start.key_of(&file_path)?,
+            bytes: file.bytes,
+            kind: ObjectKind::Data,
+        });
+        self.files.push(df);
+        Ok(())
+    }
+}
+
+/// What a commit wrote, for [`finish`].
+pub(crate) struct Written {
+    /// The schema the files were written with (the new current schema).
+    pub schema: Schema,
+    /// Highest column id assigned.
+    pub last_column_id: i32,
+    /// The spec the files were written with (the new default spec).
+    pub spec: PartitionSpec,
+    /// Whether `spec` is not yet in the table.
+    pub spec_is_new: bool,
+    /// Highest partition field id assigned.
+    pub last_partition_id: i32,
+    /// The data files.
+    pub data: DataFiles,
+    /// Values put in `_cdc_overflow`, per column name.
+    pub overflow: BTreeMap<String, u64>,
+    /// Columns added to the schema.
+    pub added_columns: Vec<String>,
+    /// Highest sequences per source, recorded in the summary.
+    pub sources: BTreeMap<String, Watermark>,
+    /// Properties of the table when this commit creates it.
+    pub new_table_properties: BTreeMap<String, String>,
+}
+
+/// The manifest, the manifest list, the snapshot and the metadata of a
+/// commit of `written`: the commit's remaining puts, and the commit.
+pub(crate) fn finish(
+    start: Start<'_>,
+    options: &WriteOptions,
+    ids: &CommitIds,
+    marks: &BTreeMap<String, String>,
+    written: Written,
+) -> Result<Commit> {
+    let Written {
+        schema,
+        last_column_id,
+        spec,
+        spec_is_new,
+        last_partition_id,
+        data,
+        overflow,
+        added_columns,
+        sources,
+        new_table_properties,
+    } = written;
+    let DataFiles {
+        files: data_files,
+        mut puts,
+        bytes: data_bytes,
+    } = data;
+    let schema = &schema;
+    let current = start.current;
+    let base = start.base();
+    let location = &start.location;
+    let paths = &start.paths;
 
     // Manifest and manifest list.
     let sequence_number = base.map(|b| b.last_sequence_number).unwrap_or(0) + 1;
@@ -484,7 +632,7 @@ pub fn plan_commit_with_marks(
         key_metadata: None,
     };
     puts.push(PutObject {
-        key: key_of(&manifest_path)?,
+        key: start.key_of(&manifest_path)?,
         bytes: manifest,
         kind: ObjectKind::Manifest,
     });
@@ -502,7 +650,7 @@ pub fn plan_commit_with_marks(
     );
     let list = write_manifest_list(ids.snapshot_id, parent, sequence_number, &manifests, sync)?;
     puts.push(PutObject {
-        key: key_of(&list_path)?,
+        key: start.key_of(&list_path)?,
         bytes: list,
         kind: ObjectKind::ManifestList,
     });
@@ -583,13 +731,7 @@ pub fn plan_commit_with_marks(
             partition_specs: Vec::new(),
             default_spec_id: 0,
             last_partition_id: 0,
-            properties: BTreeMap::from([
-                ("write.format.default".to_string(), "parquet".to_string()),
-                (
-                    "dolake.table-layout".to_string(),
-                    "changelog-v1".to_string(),
-                ),
-            ]),
+            properties: new_table_properties,
             current_snapshot_id: None,
             snapshots: Vec::new(),
             snapshot_log: Vec::new(),
@@ -619,7 +761,7 @@ pub fn plan_commit_with_marks(
         metadata.schemas.push(schema.clone());
     }
     metadata.current_schema_id = schema.schema_id;
-    metadata.last_column_id = evolution.last_column_id;
+    metadata.last_column_id = last_column_id;
     if spec_is_new {
         metadata.partition_specs.push(spec.clone());
     }
@@ -665,7 +807,6 @@ pub fn plan_commit_with_marks(
         bytes: version.to_string().into_bytes(),
         kind: ObjectKind::VersionHint,
     });
-    debug_assert!(schema.field_by_name(TS).is_some());
     Ok(Commit {
         puts,
         state: TableState {
@@ -679,7 +820,7 @@ pub fn plan_commit_with_marks(
         data_files: data_files.len(),
         data_bytes,
         overflow,
-        added_columns: evolution.added,
+        added_columns,
         sources,
     })
 }

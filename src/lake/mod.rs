@@ -15,6 +15,11 @@
 //! - [`metadata`]: `metadata.json` as types; parsing and writing.
 //! - [`table`]: object keys of a table, name validation, loading its state.
 //! - [`commit`]: planning a commit; snapshot summaries and watermarks.
+//! - [`limits`]: what the lake can write: [`check_event`], the rule intake
+//!   applies to every event before acknowledging it, and the bounds on a
+//!   table's width the writer keeps by itself.
+//! - [`rejected`]: the dead-letter table [`REJECTED_TABLE`], where a flush
+//!   puts the events it cannot write ([`plan_rejected_commit`]).
 //!
 //! Nothing here reads a clock, draws random numbers, spawns threads or
 //! touches a file system, so the same code runs natively and in WASM.
@@ -22,8 +27,10 @@
 pub mod avro;
 pub mod changelog;
 pub mod commit;
+pub mod limits;
 pub mod metadata;
 pub mod parquet;
+pub mod rejected;
 pub mod stats;
 pub mod table;
 
@@ -33,8 +40,10 @@ pub use commit::{
     committed_watermarks, plan_commit, plan_commit_with_marks, Commit, CommitIds, ObjectKind,
     PutObject, Watermark, WriteOptions,
 };
+pub use limits::{check_change_event, check_event, check_metadata};
 pub use metadata::{parse_version_hint, TableMetadata};
-pub use table::{validate_name, TablePaths, TableState};
+pub use rejected::{plan_rejected_commit, RejectedEvent, REJECTED_TABLE};
+pub use table::{validate_key_segment, validate_name, TablePaths, TableState};
 
 #[cfg(test)]
 mod tests;

@@ -29,6 +29,8 @@ enum Bounds {
     None,
     Bool(bool, bool),
     Long(i64, i64),
+    /// Unscaled decimal values.
+    Decimal(i128, i128),
     Double(f64, f64),
     Str {
         min: String,
@@ -78,6 +80,21 @@ impl ColumnStats {
             Bounds::Long(lo, hi) => Bounds::Long(lo.min(v), hi.max(v)),
             _ => Bounds::Long(v, v),
         };
+    }
+
+    /// Records a decimal by its unscaled value.
+    pub fn decimal(&mut self, v: i128) {
+        self.values += 1;
+        self.bounds = match self.bounds {
+            Bounds::Decimal(lo, hi) => Bounds::Decimal(lo.min(v), hi.max(v)),
+            _ => Bounds::Decimal(v, v),
+        };
+    }
+
+    /// Records a value without bounds (a column whose bounds would be of no
+    /// use, such as large JSON documents).
+    pub fn unbounded(&mut self) {
+        self.values += 1;
     }
 
     /// Records a double. NaN is counted, never a bound; -0.0 sorts below 0.0.
@@ -142,6 +159,7 @@ impl ColumnStats {
             (Bounds::None, b) => b.clone(),
             (Bounds::Bool(a, b), Bounds::Bool(c, d)) => Bounds::Bool(*a & *c, *b | *d),
             (Bounds::Long(a, b), Bounds::Long(c, d)) => Bounds::Long(*a.min(c), *b.max(d)),
+            (Bounds::Decimal(a, b), Bounds::Decimal(c, d)) => Bounds::Decimal(*a.min(c), *b.max(d)),
             (Bounds::Double(a, b), Bounds::Double(c, d)) => Bounds::Double(
                 if c.total_cmp(a) == Ordering::Less {
                     *c
@@ -183,6 +201,7 @@ impl ColumnStats {
             Bounds::None => None,
             Bounds::Bool(lo, _) => Some(vec![u8::from(*lo)]),
             Bounds::Long(lo, _) => Some(lo.to_le_bytes().to_vec()),
+            Bounds::Decimal(lo, _) => Some(decimal_bytes(*lo)),
             Bounds::Double(lo, _) => Some(lo.to_le_bytes().to_vec()),
             Bounds::Str {
                 min, order_unsafe, ..
@@ -206,6 +225,7 @@ impl ColumnStats {
             Bounds::None => None,
             Bounds::Bool(_, hi) => Some(vec![u8::from(*hi)]),
             Bounds::Long(_, hi) => Some(hi.to_le_bytes().to_vec()),
+            Bounds::Decimal(_, hi) => Some(decimal_bytes(*hi)),
             Bounds::Double(_, hi) => Some(hi.to_le_bytes().to_vec()),
             Bounds::Str {
                 max, order_unsafe, ..
@@ -218,6 +238,23 @@ impl ColumnStats {
             }
         }
     }
+}
+
+/// The spec's encoding of a decimal: the unscaled value as two's-complement
+/// big-endian bytes, as few as hold it.
+pub fn decimal_bytes(v: i128) -> Vec<u8> {
+    let bytes = v.to_be_bytes();
+    let mut start = 0;
+    // Drop a leading byte while the next one carries the same sign.
+    while start < bytes.len() - 1 {
+        let (b, next) = (bytes[start], bytes[start + 1]);
+        if (b == 0 && next & 0x80 == 0) || (b == 0xff && next & 0x80 != 0) {
+            start += 1;
+        } else {
+            break;
+        }
+    }
+    bytes[start..].to_vec()
 }
 
 /// The longest prefix of `s` of at most `max` bytes that ends on a character
@@ -239,13 +276,24 @@ const DAY_MICROS: i64 = 86_400_000_000;
 const HOUR_MICROS: i64 = 3_600_000_000;
 
 /// The `day` transform of a timestamp: days since 1970-01-01 (floor).
+/// Every `i64` of microseconds has one (±106 million days).
 pub fn day_of(micros: i64) -> i32 {
     micros.div_euclid(DAY_MICROS) as i32
 }
 
 /// The `hour` transform of a timestamp: hours since 1970-01-01 00:00 (floor).
+/// `None` when the hour does not fit an `i32` (beyond about ±245,000 years:
+/// see [`MAX_TIMESTAMP_MS`](super::limits::MAX_TIMESTAMP_MS)); a truncated
+/// value would put the row in a wrong partition, which readers then skip.
+pub fn checked_hour_of(micros: i64) -> Option<i32> {
+    i32::try_from(micros.div_euclid(HOUR_MICROS)).ok()
+}
+
+/// [`checked_hour_of`] for a timestamp in the writable range (which
+/// [`ChangeEvent::timestamp_micros`](super::ChangeEvent::timestamp_micros)
+/// ensures); saturates outside it.
 pub fn hour_of(micros: i64) -> i32 {
-    micros.div_euclid(HOUR_MICROS) as i32
+    checked_hour_of(micros).unwrap_or(if micros < 0 { i32::MIN } else { i32::MAX })
 }
 
 /// The civil date (year, month, day) of a day number (proleptic Gregorian).
@@ -313,6 +361,37 @@ mod tests {
     }
 
     #[test]
+    fn decimals_are_minimal_big_endian_twos_complement() {
+        assert_eq!(decimal_bytes(0), vec![0]);
+        assert_eq!(decimal_bytes(1), vec![1]);
+        assert_eq!(decimal_bytes(127), vec![0x7f]);
+        assert_eq!(decimal_bytes(128), vec![0x00, 0x80]);
+        assert_eq!(decimal_bytes(256), vec![0x01, 0x00]);
+        assert_eq!(decimal_bytes(-1), vec![0xff]);
+        assert_eq!(decimal_bytes(-128), vec![0x80]);
+        assert_eq!(decimal_bytes(-129), vec![0xff, 0x7f]);
+        assert_eq!(
+            decimal_bytes(i128::from(u64::MAX)),
+            vec![0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]
+        );
+        let mut s = ColumnStats::new();
+        for v in [5_i128, i128::from(u64::MAX), 3] {
+            s.decimal(v);
+        }
+        assert_eq!(s.lower_bound().unwrap(), vec![3]);
+        assert_eq!(
+            s.upper_bound().unwrap(),
+            decimal_bytes(i128::from(u64::MAX))
+        );
+        let mut u = ColumnStats::new();
+        u.unbounded();
+        assert_eq!(
+            (u.values, u.lower_bound(), u.upper_bound()),
+            (1, None, None)
+        );
+    }
+
+    #[test]
     fn booleans_are_one_byte() {
         let mut s = ColumnStats::new();
         s.bool(true);
@@ -377,6 +456,23 @@ mod tests {
         assert_eq!(day_of(0), 0);
         assert_eq!(day_of(-1), -1);
         assert_eq!(hour_of(-1), -1);
+        assert_eq!(day_of(i64::MAX), 106_751_991);
+        assert_eq!(day_of(i64::MIN), -106_751_992);
+        assert_eq!(checked_hour_of(i64::MAX), None);
+        assert_eq!(checked_hour_of(i64::MIN), None);
+        assert_eq!(
+            checked_hour_of(i64::from(i32::MAX) * HOUR_MICROS),
+            Some(i32::MAX)
+        );
+        assert_eq!(
+            checked_hour_of(i64::from(i32::MAX) * HOUR_MICROS + HOUR_MICROS),
+            None
+        );
+        assert_eq!(
+            checked_hour_of(i64::from(i32::MIN) * HOUR_MICROS),
+            Some(i32::MIN)
+        );
+        assert_eq!(checked_hour_of(i64::from(i32::MIN) * HOUR_MICROS - 1), None);
         // 2026-11-26T13:45:00Z
         let micros = 1_795_700_700_000_000_i64;
         assert_eq!(day_string(day_of(micros)), "2026-11-26");

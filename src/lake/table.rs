@@ -13,10 +13,51 @@ use crate::error::{Error, ErrorKind, Result};
 /// Longest table or namespace name, in bytes.
 pub const MAX_NAME_BYTES: usize = 128;
 
-/// Refuses a table or namespace name that could escape its key prefix or
-/// is unusable as one key segment: empty, longer than 128 bytes, containing
-/// `/`, `\`, `..`, or a control character, or being `.`.
+/// Prefix of the names of DoLake's own tables (such as the dead-letter table
+/// [`REJECTED_TABLE`](super::REJECTED_TABLE)), refused for tables named by
+/// events in any letter case.
+pub const RESERVED_TABLE_PREFIX: &str = "_dolake";
+
+/// The rule for table names that come from events (the one intake applies):
+/// 1 to 128 ASCII letters, digits, `_` and `-`, not starting with
+/// [`RESERVED_TABLE_PREFIX`] in any letter case.
+///
+/// A name is one segment of an object key and of every location written
+/// into metadata (URIs that readers parse), and an Iceberg identifier. So
+/// nothing that needs escaping anywhere: no `/` or `\` (they would leave
+/// the table's prefix), no `%`, `?`, `#`, spaces or non-ASCII characters
+/// (readers parse locations as URIs), and no `.` at all: `..` escapes a
+/// prefix, and REST catalogs and SQL engines read `a.b` as table `b` in
+/// namespace `a`. The same characters as the `namespace` option allows.
 pub fn validate_name(what: &str, name: &str) -> Result<()> {
+    validate_key_segment(what, name)?;
+    let problem = if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || *c == '_' || *c == '-'))
+    {
+        format!("must hold only ASCII letters, digits, `_` and `-`, got {c:?}")
+    } else if name
+        .get(..RESERVED_TABLE_PREFIX.len())
+        .is_some_and(|p| p.eq_ignore_ascii_case(RESERVED_TABLE_PREFIX))
+    {
+        format!(
+            "must not start with `{RESERVED_TABLE_PREFIX}`: it is reserved for DoLake's own tables"
+        )
+    } else {
+        return Ok(());
+    };
+    Err(Error::new(
+        ErrorKind::InvalidFormat,
+        format!("{what} name {name:?} {problem}"),
+    ))
+}
+
+/// What a table or namespace name must be to be one key segment that stays
+/// inside its prefix: not empty, at most 128 bytes, without `/`, `\`, `..`
+/// or control characters, and not `.`. [`TablePaths`] checks only this, so
+/// that tables named under this looser, older rule (and DoLake's own) keep
+/// working; names from events must pass [`validate_name`].
+pub fn validate_key_segment(what: &str, name: &str) -> Result<()> {
     let problem = if name.is_empty() {
         Some("must not be empty".to_string())
     } else if name.len() > MAX_NAME_BYTES {
@@ -49,10 +90,11 @@ pub struct TablePaths {
 }
 
 impl TablePaths {
-    /// The keys of table `table` in `namespace` (both validated).
+    /// The keys of table `table` in `namespace` (both checked with
+    /// [`validate_key_segment`]).
     pub fn new(namespace: &str, table: &str) -> Result<Self> {
-        validate_name("namespace", namespace)?;
-        validate_name("table", table)?;
+        validate_key_segment("namespace", namespace)?;
+        validate_key_segment("table", table)?;
         Ok(Self {
             prefix: format!("{namespace}/{table}"),
         })
@@ -171,17 +213,69 @@ mod tests {
             let e = TablePaths::new("default", bad).unwrap_err();
             assert_eq!(e.kind(), ErrorKind::InvalidFormat, "{bad:?}");
             assert!(e.message().starts_with("table name"), "{}", e.message());
+            let e = validate_name("table", bad).unwrap_err();
+            assert!(e.message().starts_with("table name"), "{}", e.message());
         }
+        assert!(validate_name("table", "../x")
+            .unwrap_err()
+            .message()
+            .contains("must not contain `/`"));
         for good in [
             "users",
             "order-items",
-            "Ünïcødé_表",
-            ".hidden",
+            "Order_Items_2",
+            "_private",
+            "-",
+            "dolake_x",
             &"x".repeat(128),
         ] {
+            validate_name("table", good).unwrap();
             TablePaths::new("default", good).unwrap();
         }
         assert!(TablePaths::new("a/b", "t").is_err());
+    }
+
+    #[test]
+    fn names_readers_would_have_to_escape_or_split_are_refused() {
+        for bad in [
+            ".hidden",
+            "a.b",
+            "sp ace",
+            "per%20cent",
+            "q?x",
+            "h#x",
+            "Ünïcødé_表",
+            "e\u{301}",
+            "emoji😀",
+        ] {
+            let e = validate_name("table", bad).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::InvalidFormat, "{bad:?}");
+            assert!(
+                e.message().contains("only ASCII letters"),
+                "{}",
+                e.message()
+            );
+            // Tables named under the older rule keep their keys.
+            TablePaths::new("default", bad).unwrap();
+        }
+    }
+
+    #[test]
+    fn dolake_names_are_reserved_for_dolake() {
+        for reserved in [
+            "_dolake",
+            "_dolake_rejected",
+            "_DoLake_x",
+            "_DOLAKEsomething",
+        ] {
+            let e = validate_name("table", reserved).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::InvalidFormat);
+            assert!(e.message().contains("reserved"), "{}", e.message());
+            // DoLake itself writes them.
+            TablePaths::new("default", reserved).unwrap();
+        }
+        validate_name("table", "_dolak").unwrap();
+        validate_name("table", "x_dolake").unwrap();
     }
 
     #[test]

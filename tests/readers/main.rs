@@ -14,7 +14,11 @@
 //!   cumulative row counts, and which columns hold JSON text;
 //! - `<dir>/expected/random_doubles.bits.json`: for the `random_doubles`
 //!   table, the exact bits (hex) every double column must read back as, per
-//!   `_cdc_seq`.
+//!   `_cdc_seq`;
+//! - the dead-letter table `_dolake_rejected` (rows of events the lake could
+//!   not write, with odd unicode and huge numbers in their JSON text), listed
+//!   apart under `dead_letter_tables` in `tables.json` (its columns are not
+//!   the changelog's), with its rows in `expected/_dolake_rejected.jsonl`.
 //!
 //! Every commit after the first is planned on the state read back from the
 //! files written (version hint, metadata, manifest list), as after a restart.
@@ -24,8 +28,8 @@ use std::path::{Path, PathBuf};
 
 use dolake::config::{Compression, PartitionBy};
 use dolake::lake::{
-    committed_watermarks, plan_commit, ChangeEvent, CommitIds, Op, TablePaths, TableState,
-    Watermark, WriteOptions,
+    committed_watermarks, plan_commit, plan_rejected_commit, ChangeEvent, CommitIds, Op,
+    RejectedEvent, TablePaths, TableState, Watermark, WriteOptions, REJECTED_TABLE,
 };
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
@@ -671,6 +675,157 @@ fn write_table(out: &Path, spec: &TableSpec) -> Value {
     })
 }
 
+/// Rows of the dead-letter table: what a flush writes for events the lake
+/// cannot take. Their JSON text carries odd unicode (NUL, controls, combining
+/// marks, U+E000 and above, U+FFFF, U+10FFFF, bidi overrides, escaped lone
+/// surrogates) and numbers no double or long holds, written as given.
+fn dead_letter_rows() -> Vec<Vec<RejectedEvent>> {
+    let odd = "nul\u{0} bell\u{7} tab\t nl\n é e\u{301} 表 😀 \u{e000} \u{fffd} \u{ffff} \u{10ffff} rtl\u{202e}x";
+    let big = "123456789012345678901234567890123456789";
+    let first = vec![
+        RejectedEvent {
+            table: "orders".into(),
+            source_id: "shard-a".into(),
+            batch_seq: 41,
+            sequence: 9_223_372_036_854_775_808,
+            raw: format!(
+                r#"{{"sequence":9223372036854775808,"timestamp":9300000000000000,"operation":"INSERT","table":"orders","rowId":"r1","after":{{"n":{big},"f":1e400,"neg":-{big},"tiny":1e-400,"z":-0}}}}"#
+            ),
+            reason: "sequence 9223372036854775808 is above 9223372036854775807, the largest the lake's long column holds".into(),
+        },
+        RejectedEvent {
+            table: odd.into(),
+            source_id: odd.into(),
+            batch_seq: u64::MAX,
+            sequence: u64::MAX,
+            raw: format!(
+                "{{\"after\":{{\"{odd}\":\"{odd}\",\"\\ud800\":\"\\udfff lone\",\"u\":18446744073709551616}}}}"
+            ),
+            reason: odd.into(),
+        },
+        RejectedEvent {
+            table: String::new(),
+            source_id: String::new(),
+            batch_seq: 0,
+            sequence: 0,
+            raw: "not JSON at all: {\"".into(),
+            reason: String::new(),
+        },
+    ];
+    let mut second: Vec<RejectedEvent> = (0..40_u64)
+        .map(|i| RejectedEvent {
+            table: format!("t{}", i % 4),
+            source_id: format!("shard-{}", i % 3),
+            batch_seq: 100 + i / 10,
+            sequence: 1_000 + i,
+            raw: format!(
+                r#"{{"sequence":{},"after":{{"i":{i},"k":"{}"}}}}"#,
+                1_000 + i,
+                "ü".repeat(i as usize)
+            ),
+            reason: format!("reason {i}"),
+        })
+        .collect();
+    // One large document.
+    second.push(RejectedEvent {
+        table: "logs".into(),
+        source_id: "shard-z".into(),
+        batch_seq: 9,
+        sequence: 2_000,
+        raw: format!(r#"{{"after":{{"blob":"{}"}}}}"#, "x😀".repeat(300_000)),
+        reason: "too large".into(),
+    });
+    vec![first, second]
+}
+
+/// Writes the dead-letter table (two commits, the second on the state read
+/// back) and its expected rows; returns its entry for `tables.json`.
+fn write_dead_letter_table(out: &Path) -> Value {
+    let warehouse = out.join("warehouse");
+    let paths = TablePaths::new(NAMESPACE, REJECTED_TABLE).unwrap();
+    let read = |key: &str| std::fs::read(warehouse.join(key)).unwrap();
+    let mut expected = Vec::new();
+    let mut snapshots = Vec::new();
+    let mut metadata_path = PathBuf::new();
+    for (n, rows) in dead_letter_rows().into_iter().enumerate() {
+        let state = (n > 0).then(|| {
+            let hint = read(&paths.version_hint_key());
+            let version = dolake::lake::parse_version_hint(&hint).unwrap();
+            let meta = read(&paths.metadata_key(version));
+            let metadata = dolake::lake::TableMetadata::from_json(&meta).unwrap();
+            let list_key = paths.manifest_list_key(&metadata).unwrap().unwrap();
+            TableState::from_objects(&hint, &meta, Some(&read(&list_key))).unwrap()
+        });
+        let options = WriteOptions {
+            warehouse_location: format!("file://{}", warehouse.display()),
+            namespace: NAMESPACE.to_string(),
+            table: REJECTED_TABLE.to_string(),
+            compression: [Compression::Zstd, Compression::Snappy][n],
+            row_group_size: 16,
+            partition_by: PartitionBy::Day,
+            target_file_size: 256 * 1024,
+        };
+        let now_ms = DAY0 + 11 * 24 * HOUR + n as i64 * 60_000;
+        let ids = CommitIds {
+            snapshot_id: 8_000_000_000 + n as i64,
+            commit_uuid: Uuid::from_bytes([0xd0 + n as u8; 16]),
+            table_uuid: Uuid::from_bytes([0xdd; 16]),
+            now_ms,
+        };
+        let marks = BTreeMap::from([(
+            format!("dolake.buffer.epoch-{n}.row-id"),
+            (n * 10 + 5).to_string(),
+        )]);
+        let commit = plan_rejected_commit(&rows, state.as_ref(), &options, &ids, &marks).unwrap();
+        for p in &commit.puts {
+            let path = warehouse.join(&p.key);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, &p.bytes).unwrap();
+        }
+        // Every mark so far is in the summary.
+        let summary = &commit.state.metadata.current_snapshot().unwrap().summary;
+        for m in 0..=n {
+            assert_eq!(
+                summary[&format!("dolake.buffer.epoch-{m}.row-id")],
+                (m * 10 + 5).to_string()
+            );
+        }
+        for r in &rows {
+            expected.push(json!({
+                "table_name": r.table,
+                "source_id": r.source_id,
+                "batch_seq": r.batch_seq,
+                "sequence": r.sequence,
+                "rejected_at": now_ms * 1000,
+                "reason": r.reason,
+                "raw": r.raw,
+            }));
+        }
+        snapshots.push(json!({
+            "snapshot_id": commit.snapshot_id,
+            "total_rows": expected.len(),
+            "data_files": commit.data_files,
+            "compression": format!("{:?}", options.compression).to_lowercase(),
+        }));
+        metadata_path = warehouse.join(&commit.metadata_key);
+    }
+    let exp_dir = out.join("expected");
+    std::fs::create_dir_all(&exp_dir).unwrap();
+    let exp_path = exp_dir.join(format!("{REJECTED_TABLE}.jsonl"));
+    let text: String = expected.iter().map(|r| format!("{r}\n")).collect();
+    std::fs::write(&exp_path, text).unwrap();
+    json!({
+        "name": REJECTED_TABLE,
+        "namespace": NAMESPACE,
+        "table_dir": warehouse.join(paths.prefix()),
+        "metadata_path": metadata_path,
+        "metadata_location": format!("file://{}", metadata_path.display()),
+        "snapshots": snapshots,
+        "rows": expected.len(),
+        "expected": exp_path,
+    })
+}
+
 #[test]
 fn write_reader_test_tables() {
     let (out, keep) = match std::env::var_os("DOLAKE_READERS_OUT") {
@@ -712,9 +867,14 @@ fn write_reader_test_tables() {
     assert_eq!(overflow["id"], 2);
     assert_eq!(overflow["customer"], 1);
     assert_eq!(overflow["_cdc_op"], 1);
+    let dead_letter = write_dead_letter_table(&out);
     std::fs::write(
         out.join("tables.json"),
-        serde_json::to_vec_pretty(&json!({"tables": tables})).unwrap(),
+        serde_json::to_vec_pretty(&json!({
+            "tables": tables,
+            "dead_letter_tables": [dead_letter],
+        }))
+        .unwrap(),
     )
     .unwrap();
     if !keep {

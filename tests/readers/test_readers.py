@@ -400,3 +400,138 @@ def test_filtered_scans_on_doubles_skip_no_rows(name):
                     [pivot],
                 ).fetchall()
                 assert sorted(r[0] for r in rows) == exp, f"duckdb {col} {op} {pivot!r}"
+
+
+# ---------------------------------------------------------------- the dead-letter table
+
+# Listed apart in tables.json (`dead_letter_tables`): its columns are not the
+# changelog's. Every row must read back exactly: the event's JSON text
+# (odd unicode, numbers no double or long holds) byte for byte, the u64
+# sequence numbers as exact decimals.
+with open(os.path.join(OUT, "tables.json")) as f:
+    DEAD = {t["name"]: t for t in json.load(f).get("dead_letter_tables", [])}
+DEAD_COLUMNS = ["table_name", "source_id", "batch_seq", "sequence", "rejected_at", "reason", "raw"]
+
+
+def dead_param(fn):
+    return pytest.mark.parametrize("name", sorted(DEAD))(fn)
+
+
+def dead_rows(rows):
+    """Rows as comparable tuples: decimals as ints, timestamps as micros."""
+    import decimal
+
+    out = []
+    for r in rows:
+        assert set(r) == set(DEAD_COLUMNS), sorted(r)
+        row = []
+        for c in DEAD_COLUMNS:
+            v = r[c]
+            if c in ("batch_seq", "sequence"):
+                assert isinstance(v, decimal.Decimal), f"{c}: {v!r}"
+                assert v == v.to_integral_value()
+                v = int(v)
+            row.append(v)
+        out.append(tuple(row))
+    return sorted(out, key=lambda r: (r[3], r[2], r[0], r[1], r[6]))
+
+
+def dead_expected(t):
+    import decimal
+
+    with open(t["expected"]) as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    for r in rows:
+        r["batch_seq"] = decimal.Decimal(r["batch_seq"])
+        r["sequence"] = decimal.Decimal(r["sequence"])
+    return dead_rows(rows)
+
+
+def check_dead(t, got, reader):
+    want = dead_expected(t)
+    got = dead_rows(got)
+    assert len(got) == len(want), f"{reader}: row count"
+    for g, w in zip(got, want):
+        for c, gv, wv in zip(DEAD_COLUMNS, g, w):
+            assert gv == wv and type(gv) is type(wv), (
+                f"{reader}: sequence {w[3]} column {c}: got {gv!r:.200}, want {wv!r:.200}"
+            )
+
+
+@dead_param
+def test_pyiceberg_reads_dead_letters_exactly(name):
+    t = DEAD[name]
+    check_dead(t, normalize_arrow(pyiceberg_table(t).scan().to_arrow()), "pyiceberg")
+
+
+@dead_param
+def test_duckdb_reads_dead_letters_exactly(name):
+    t = DEAD[name]
+    check_dead(t, duck_rows(f"SELECT * FROM iceberg_scan('{t['metadata_path']}')"), "duckdb")
+    (n,) = duck().execute(f"SELECT count(*) FROM iceberg_scan('{t['table_dir']}')").fetchone()
+    assert n == t["rows"]
+
+
+@dead_param
+def test_dead_letter_table_metadata(name):
+    from pyiceberg.types import DecimalType, StringType, TimestamptzType
+
+    t = DEAD[name]
+    tbl = pyiceberg_table(t)
+    md = tbl.metadata
+    assert md.format_version == 2
+    assert md.properties["dolake.table-kind"] == "dead-letter"
+    assert tbl.spec().is_unpartitioned()
+    fields = tbl.schema().fields
+    assert [f.name for f in fields] == DEAD_COLUMNS
+    assert all(f.required for f in fields)
+    types = {f.name: f.field_type for f in fields}
+    assert types["batch_seq"] == DecimalType(20, 0) == types["sequence"]
+    assert types["rejected_at"] == TimestamptzType()
+    assert types["raw"] == StringType()
+    for s in t["snapshots"]:
+        assert tbl.scan(snapshot_id=s["snapshot_id"]).to_arrow().num_rows == s["total_rows"]
+    # The flush's marks are in every snapshot, carried forward.
+    summary = md.current_snapshot().summary
+    assert summary["dolake.buffer.epoch-0.row-id"] == "5"
+    assert summary["dolake.buffer.epoch-1.row-id"] == "15"
+
+
+@dead_param
+def test_dead_letter_filters_on_sequences_skip_no_rows(name):
+    """The decimal bounds in the manifests must not make scans drop rows."""
+    t = DEAD[name]
+    want = dead_expected(t)
+    tbl = pyiceberg_table(t)
+    for pivot in (2**63, 2**64 - 1, 1000, 1, 0):
+        exp = sorted(r[3] for r in want if r[3] >= pivot)
+        got = tbl.scan(row_filter=GreaterThanOrEqual("sequence", pivot)).to_arrow()
+        assert sorted(int(v) for v in got.column("sequence").to_pylist()) == exp, pivot
+        rows = duck().execute(
+            f"SELECT sequence FROM iceberg_scan('{t['metadata_path']}') "
+            f"WHERE sequence >= {pivot}::DECIMAL(20, 0)"
+        ).fetchall()
+        assert sorted(int(r[0]) for r in rows) == exp, f"duckdb {pivot}"
+    got = tbl.scan(row_filter=GreaterThanOrEqual("table_name", "t2")).to_arrow()
+    assert sorted(got.column("table_name").to_pylist()) == sorted(
+        r[0] for r in want if r[0] >= "t2"
+    )
+
+
+@dead_param
+def test_dead_letter_parquet_files(name):
+    t = DEAD[name]
+    files = glob.glob(os.path.join(t["table_dir"], "data", "*.parquet"))
+    assert files
+    ids = {f.name: f.field_id for f in pyiceberg_table(t).schema().fields}
+    for path in files:
+        schema = pq.ParquetFile(path).schema_arrow
+        assert [f.name for f in schema] == DEAD_COLUMNS
+        for field in schema:
+            assert int(field.metadata[b"PARQUET:field_id"]) == ids[field.name]
+            assert not field.nullable
+        assert schema.field("sequence").type == pa.decimal128(20, 0)
+        assert schema.field("rejected_at").type in (
+            pa.timestamp("us", tz="UTC"),
+            pa.timestamp("us", tz="+00:00"),
+        )
