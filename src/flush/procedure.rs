@@ -421,11 +421,13 @@ fn failing_events(
     bad
 }
 
-/// The lake's rule for one event.
+/// The lake's rule for one buffered event (what intake checks too; the
+/// table name and key counts were checked at intake, and the planner puts
+/// what does not fit a column into `_cdc_overflow`).
 fn writable(event: &ChangeEvent) -> Result<()> {
-    event.timestamp_micros()?;
-    event.sequence_long()?;
-    Ok(())
+    crate::lake::limits::check_timestamp(event.timestamp_ms)?;
+    crate::lake::limits::check_sequence(event.sequence)?;
+    crate::lake::limits::check_metadata(event.metadata.as_ref().unwrap_or(&serde_json::Value::Null))
 }
 
 /// The event as JSON text, the shape the shard sent.

@@ -322,6 +322,10 @@ impl Intake {
                 let error = Error::invalid(format!("events[{i}]: {}", e.message()));
                 return self.refuse_batch(now, source, seq, correlation_id, &error, None);
             }
+            if let Some(Err(e)) = event.metadata.as_ref().map(crate::lake::check_metadata) {
+                let error = Error::invalid(format!("events[{i}]: {}", e.message()));
+                return self.refuse_batch(now, source, seq, correlation_id, &error, None);
+            }
             let json = match serde_json::to_string(event) {
                 Ok(json) => json,
                 Err(e) => {
@@ -541,8 +545,12 @@ impl Intake {
         error: &Error,
         max_size: Option<u64>,
     ) -> Admission {
-        source.batches_nacked += 1;
-        self.sources.insert(source.source_id.clone(), source);
+        // Only a known source keeps counters of refusals: refused batches
+        // must not create state (the source table is bounded).
+        if self.sources.contains_key(&source.source_id) {
+            source.batches_nacked += 1;
+            self.sources.insert(source.source_id.clone(), source);
+        }
         Admission::Reply(nack(now, error, Some(seq), correlation_id, max_size))
     }
 

@@ -406,6 +406,10 @@ fn backpressure_hints_before_the_buffer_is_full() {
 #[test]
 fn size_limits_refuse_whole_batches() {
     let mut i = intake(r#"{"rateLimit":{"maxEventsPerMessage":3,"maxEventSize":150}}"#);
+    // Refusals of an unknown source create no state.
+    send(&mut i, 0, batch("new", 0, 0..4));
+    assert!(i.source("new").is_none());
+    send(&mut i, 0, batch("a", 9, 0..1));
     let (m, _) = send(&mut i, 0, batch("a", 0, 0..4));
     let n = nack_of(&m);
     assert_eq!(n.reason, "invalid_format");
@@ -418,7 +422,7 @@ fn size_limits_refuse_whole_batches() {
     assert_eq!(n.reason, "event_too_large");
     assert_eq!(n.max_size, Some(150));
     assert!(!n.should_retry);
-    assert_eq!(i.buffer().events, 0, "nothing of a refused batch is kept");
+    assert_eq!(i.buffer().events, 1, "nothing of a refused batch is kept");
     assert!(!i.source("a").unwrap().acked_batches.contains(1));
     assert_eq!(i.source("a").unwrap().batches_nacked, 2);
 }
