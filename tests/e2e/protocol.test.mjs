@@ -94,8 +94,8 @@ describe('protocol', () => {
 
     // A new batch number is new data, even with event sequences seen before
     // (a guide shard restarts its event sequences at 0; README "Deduplication").
-    const again = [...shard.makeEvents(5)].map((e, i) => ({ ...e, sequence: i }));
-    const fresh = await shard.send(shard.batchMessage(again));
+    const restarted = shard.makeEvents(5).map((e, i) => ({ ...e, sequence: i }));
+    const fresh = await shard.send(shard.batchMessage(restarted));
     assert.equal(fresh.status, 'ok');
     assert.equal(fresh.details.eventsProcessed, 5);
 
@@ -138,7 +138,7 @@ describe('protocol', () => {
       [{ events: [{ sequence: 1, timestamp: 1, operation: 'UPSERT', table: 't', rowId: 'r', after: {} }] }, /events\[0\]\.operation/],
       [{ events: [{ sequence: 1, timestamp: 1, operation: 'INSERT', rowId: 'r', after: {} }] }, /missing field `table`/],
       [{ events: [{ sequence: 1, timestamp: 1, operation: 'INSERT', table: 't', after: {} }] }, /missing field `rowId`/],
-      [{ events: [{ sequence: 1, timestamp: 1, operation: 'INSERT', table: '../etc', rowId: 'r', after: {} }] }, /`table` "\.\.\/etc" must hold only ASCII letters/],
+      [{ events: [{ sequence: 1, timestamp: 1, operation: 'INSERT', table: '../etc', rowId: 'r', after: {} }] }, /must not contain `\/`/],
       [{ events: [{ sequence: 1, timestamp: 1, operation: 'INSERT', table: 'a#b', rowId: 'r', after: {} }] }, /must hold only ASCII letters/],
       [{ events: [{ sequence: 1, timestamp: 9_300_000_000_000_000, operation: 'INSERT', table: 't', rowId: 'r', after: {} }] }, /events\[0\]: timestamp/],
       [{ sequenceNumber: undefined, events: [{ sequence: 1, timestamp: 1, operation: 'INSERT', table: 't', rowId: 'r', after: {} }] }, /sequenceNumber/],
