@@ -19,7 +19,7 @@
 
 pub mod faults;
 #[cfg(test)]
-mod memory;
+pub(crate) mod memory;
 pub mod ports;
 pub mod procedure;
 
