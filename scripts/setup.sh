@@ -7,6 +7,15 @@ cd "$(dirname "$0")/.."
 root=$PWD
 tools=$root/.tools
 mkdir -p "$tools"
+# The cargo-installed tools take minutes to build, so they live in a per-user
+# cache shared by every checkout on this machine (.tools/cargo points there);
+# a new machine builds them once.
+cargo_tools=${DOLAKE_CARGO_TOOLS:-$HOME/.cache/dolake/cargo-tools}
+mkdir -p "$cargo_tools"
+if [ "$(readlink "$tools/cargo" 2>/dev/null)" != "$cargo_tools" ]; then
+  rm -rf "$tools/cargo"
+  ln -s "$cargo_tools" "$tools/cargo"
+fi
 say() { printf '[setup] %s\n' "$*"; }
 
 worker_build_version=0.8.7
@@ -31,12 +40,12 @@ fi
 installed() { [ -x "$tools/cargo/bin/$1" ] && "$tools/cargo/bin/$1" --version 2>/dev/null | grep -q "$2"; }
 if ! installed worker-build "$worker_build_version"; then
   say "installing worker-build $worker_build_version (a few minutes)"
-  cargo install --quiet worker-build --version "$worker_build_version" --root "$tools/cargo"
+  cargo install --quiet worker-build --version "$worker_build_version" --root "$cargo_tools"
 fi
 if ! installed wasm-bindgen "$wasm_bindgen_version"; then
   say "installing wasm-bindgen-cli $wasm_bindgen_version (a few minutes)"
   # Not --locked: one of its locked dependencies is missing from the registry.
-  cargo install --quiet wasm-bindgen-cli --version "$wasm_bindgen_version" --root "$tools/cargo"
+  cargo install --quiet wasm-bindgen-cli --version "$wasm_bindgen_version" --root "$cargo_tools"
 fi
 
 # Node 22, wrangler, miniflare, binaryen (wasm-opt) and the test client, from npm.

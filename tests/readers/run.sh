@@ -36,8 +36,12 @@ DOLAKE_READERS_OUT="$out" cargo test --quiet --test readers -- --nocapture
 
 # 3. iceberg-rust (a separate crate: heavy, native only).
 echo "== reading with iceberg-rust"
-cargo build --quiet --release --manifest-path tests/readers/iceberg-rs-reader/Cargo.toml
-tests/readers/iceberg-rs-reader/target/release/iceberg-rs-reader \
+# Its dependencies take minutes to build: one target folder per user, shared
+# by every checkout on this machine.
+reader_target="${DOLAKE_READER_TARGET:-$HOME/.cache/dolake/iceberg-rs-reader-target}"
+CARGO_TARGET_DIR="$reader_target" cargo build --quiet --release \
+  --manifest-path tests/readers/iceberg-rs-reader/Cargo.toml
+"$reader_target/release/iceberg-rs-reader" \
   "$out/tables.json" "$out/iceberg-rs"
 
 # 4. pyiceberg, DuckDB, and the comparison of all three.
