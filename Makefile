@@ -15,7 +15,7 @@ export AR_wasm32_unknown_unknown := llvm-ar
 
 DEV_PORT ?= 8787
 
-.PHONY: setup build build-test dev test test-native test-readers test-e2e lint bench clean
+.PHONY: setup build build-test dev test test-native test-readers test-e2e deploy-check lint bench clean
 
 setup:
 	@bash scripts/setup.sh
@@ -33,7 +33,7 @@ dev: build
 	wrangler dev --ip 127.0.0.1 --port $(DEV_PORT) --persist-to .wrangler/state
 
 ## Every test suite (lint first: fmt and clippy for native and wasm32).
-test: setup lint test-native test-readers test-e2e
+test: setup lint test-native test-readers test-e2e deploy-check
 
 test-native:
 	cargo test --lib --bins --tests
@@ -46,6 +46,10 @@ test-readers:
 
 test-e2e: build-test
 	node --test --test-concurrency=1 'tests/e2e/*.test.mjs'
+
+## wrangler accepts the bundle and wrangler.jsonc as a deploy (nothing is uploaded).
+deploy-check: build-test
+	CI=true wrangler deploy --dry-run --outdir build/dry-run
 
 lint:
 	cargo fmt --all -- --check

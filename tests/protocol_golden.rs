@@ -56,6 +56,7 @@ fn server_messages_match_golden_files() {
             should_retry: true,
             retry_delay_ms: Some(5000),
             max_size: None,
+            kind: None,
         }),
         "nack",
     );

@@ -88,6 +88,7 @@ impl DoLake {
                 };
             }
             let waited_from = now_ms();
+            let flushes_before = self.flushes_done.get();
             while self.flush_running.get() {
                 if now_ms() - waited_from > JOIN_WAIT_MS {
                     return FlushResult {
@@ -99,7 +100,10 @@ impl DoLake {
                 }
                 worker::Delay::from(std::time::Duration::from_millis(25)).await;
             }
-            joined = self.last_result.borrow().clone();
+            // Join the result of the flush that ended while we waited.
+            if self.flushes_done.get() != flushes_before {
+                joined = self.last_result.borrow().clone();
+            }
         }
         let mut result = self.flush_now(trigger).await;
         if let Some(earlier) = joined {
@@ -196,6 +200,7 @@ impl DoLake {
             }),
         );
         *self.last_result.borrow_mut() = Some(result.clone());
+        self.flushes_done.set(self.flushes_done.get() + 1);
         self.flush_running.set(false);
         // A flush cut by its time budget goes on from the alarm at once.
         self.rearm().await;

@@ -68,6 +68,9 @@ pub struct DoLake {
     pub(super) last_result: RefCell<Option<crate::protocol::FlushResult>>,
     pub(super) history: RefCell<FlushHistory>,
     pub(super) flush_running: Cell<bool>,
+    /// Flushes ended since construction (a waiting request joins the one
+    /// that ended while it waited).
+    pub(super) flushes_done: Cell<u64>,
     /// The alarm as last set by this instance (`None`: unknown or none).
     pub(super) alarm_at: Cell<Option<i64>>,
     /// `DOLAKE_TEST_HOOKS=1`: failure injection at `POST /lakehouse/_test/faults`.
@@ -76,6 +79,8 @@ pub struct DoLake {
     auth_token: Option<String>,
     /// New-connection token bucket (persisted in `meta`).
     conn_bucket: RefCell<Option<TokenBucket>>,
+    /// Message gates of HTTP ingest, per client IP (memory only).
+    http_gates: RefCell<std::collections::HashMap<String, MessageGate>>,
     /// Refusals by reason since construction, plus those persisted before.
     refusals: RefCell<std::collections::BTreeMap<String, u64>>,
     constructions: u64,
@@ -240,6 +245,7 @@ impl DurableObject for DoLake {
             last_result: RefCell::new(None),
             history: RefCell::new(history),
             flush_running: Cell::new(false),
+            flushes_done: Cell::new(0),
             alarm_at: Cell::new(None),
             test_hooks: env
                 .var("DOLAKE_TEST_HOOKS")
@@ -247,6 +253,7 @@ impl DurableObject for DoLake {
             auth_token,
             conn_bucket: RefCell::new(conn_bucket),
             refusals: RefCell::new(refusals),
+            http_gates: RefCell::new(std::collections::HashMap::new()),
             constructions,
             constructed_at,
         }
@@ -303,12 +310,13 @@ impl DurableObject for DoLake {
             ("/metrics", Method::Get) => self.metrics(),
             ("/health", Method::Get) => self.health(),
             ("/flush", Method::Post) => self.flush_http().await,
+            ("/cdc", Method::Post) => self.ingest_http(req).await,
             ("/_test/faults", Method::Post) if self.test_hooks => self.set_faults(req).await,
             ("/status" | "/health" | "/metrics", _) => error_response(&Error::new(
                 ErrorKind::MethodNotAllowed,
                 format!("{path} answers GET only"),
             )),
-            ("/flush", _) => error_response(&Error::new(
+            ("/flush" | "/cdc", _) => error_response(&Error::new(
                 ErrorKind::MethodNotAllowed,
                 format!("{path} answers POST only"),
             )),
@@ -419,7 +427,10 @@ impl DurableObject for DoLake {
                 }
             }
             (Some(ServerMessage::Nack(nack)), _, _)
-                if nack.reason == "payload_too_large" || nack.reason == "event_too_large" =>
+                if matches!(
+                    nack.kind,
+                    Some(ErrorKind::PayloadTooLarge | ErrorKind::EventTooLarge)
+                ) =>
             {
                 self.count_refusal(&nack.reason);
                 violation_close = conn.gate.as_mut().is_some_and(MessageGate::strike);
@@ -505,6 +516,19 @@ impl DoLake {
         }
         Ok(())
     }
+}
+
+/// Most per-client gates of HTTP ingest kept in memory (then they start over).
+const HTTP_GATES_MAX: usize = 10_000;
+
+/// An `ack` (200) or a `nack` with the HTTP status of its error kind.
+fn message_response(message: &ServerMessage) -> Result<Response> {
+    let status = match message {
+        ServerMessage::Nack(n) => n.kind.map_or(400, ErrorKind::http_status),
+        _ => 200,
+    };
+    let body: serde_json::Value = serde_json::from_str(&message.to_json())?;
+    json_response(&body, status)
 }
 
 fn error_response(error: &Error) -> Result<Response> {
@@ -831,6 +855,121 @@ impl DoLake {
             }
             Err(e) => error_response(e),
         }
+    }
+
+    /// `POST /lakehouse/cdc`: one `cdc_batch` over HTTP, answered with the
+    /// same `ack` or `nack` as on the WebSocket: 200 only once the batch is
+    /// durable; a nack's HTTP status comes from its error kind.
+    async fn ingest_http(&self, mut req: Request) -> Result<Response> {
+        let now = now_ms();
+        let limits = match &*self.core.borrow() {
+            Core::Ready(intake) => intake.config().rate_limit.clone(),
+            Core::Failed(e) => return error_response(e),
+        };
+        let ip = req
+            .headers()
+            .get("CF-Connecting-IP")?
+            .unwrap_or_else(|| "unknown".to_string());
+        let verdict = {
+            let mut gates = self.http_gates.borrow_mut();
+            if gates.len() >= HTTP_GATES_MAX && !gates.contains_key(&ip) {
+                gates.clear();
+            }
+            gates
+                .entry(ip)
+                .or_insert_with(|| MessageGate::new(&limits, now))
+                .on_message(&limits, now)
+        };
+        let rate = match verdict {
+            MessageVerdict::Throttled(retry_ms) => {
+                let error = Error::new(
+                    ErrorKind::RateLimited,
+                    format!("more than {} requests per second from this client (rateLimit.messagesPerSecond)", limits.messages_per_second),
+                );
+                self.count_refusal("rate_limited");
+                let mut nack = intake::nack(now, &error, None, None, None);
+                if let ServerMessage::Nack(n) = &mut nack {
+                    n.retry_delay_ms = Some(retry_ms);
+                }
+                let headers = worker::Headers::new();
+                headers.set("X-RateLimit-Limit", &limits.messages_per_second.to_string())?;
+                headers.set("X-RateLimit-Remaining", "0")?;
+                headers.set(
+                    "X-RateLimit-Reset",
+                    &((now + retry_ms as i64) / 1000).to_string(),
+                )?;
+                headers.set("Retry-After", &retry_ms.div_ceil(1000).max(1).to_string())?;
+                return Ok(message_response(&nack)?.with_headers(headers));
+            }
+            MessageVerdict::Allowed {
+                remaining,
+                reset_at,
+            } => (remaining, reset_at),
+        };
+        let text = req.text().await?;
+        let conn = Connection {
+            connected_at: now,
+            ..Connection::default()
+        };
+        let reply = if text.len() as u64 > limits.max_payload_size {
+            let error = Error::new(
+                ErrorKind::PayloadTooLarge,
+                format!(
+                    "body is {} bytes; at most {} are allowed (rateLimit.maxPayloadSize)",
+                    text.len(),
+                    limits.max_payload_size
+                ),
+            );
+            intake::nack(
+                now,
+                &error,
+                sniff_sequence_number(&text),
+                None,
+                Some(limits.max_payload_size),
+            )
+        } else {
+            match decode_client_message(&text) {
+                Ok(ClientMessage::CdcBatch(batch)) => {
+                    self.handle_batch(now, batch).unwrap_or_else(|| {
+                        intake::nack(
+                            now,
+                            &Error::internal("DoLake failed to start"),
+                            None,
+                            None,
+                            None,
+                        )
+                    })
+                }
+                Ok(_) => intake::nack(
+                    now,
+                    &Error::invalid("POST /lakehouse/cdc takes one `cdc_batch` message"),
+                    None,
+                    None,
+                    None,
+                ),
+                Err(e) => {
+                    let error = Error::invalid(e.message);
+                    self.refuse(now, &conn, e.sequence_number, e.correlation_id, &error)
+                }
+            }
+        };
+        let stored = matches!(&reply, ServerMessage::Ack(a) if a.status != crate::protocol::AckStatus::Duplicate);
+        let mut reply = reply;
+        match &mut reply {
+            ServerMessage::Ack(ack) => {
+                ack.rate_limit = Some(crate::protocol::RateLimitInfo {
+                    limit: limits.messages_per_second,
+                    remaining: rate.0,
+                    reset_at: rate.1,
+                });
+            }
+            ServerMessage::Nack(nack) => self.count_refusal(&nack.reason),
+            _ => {}
+        }
+        if stored {
+            self.ensure_alarm().await;
+        }
+        message_response(&reply)
     }
 
     async fn flush_http(&self) -> Result<Response> {

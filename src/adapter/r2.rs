@@ -7,7 +7,7 @@ use worker::{Bucket, Conditional};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::flush::faults::{CommitStep, FaultPlan};
-use crate::flush::ports::{ObjectStore, Put};
+use crate::flush::ports::{Listed, ObjectStore, Put};
 
 fn lake_error(what: &str, e: impl std::fmt::Display) -> Error {
     Error::new(ErrorKind::Lake, format!("{what}: {e}"))
@@ -96,6 +96,42 @@ impl ObjectStore for Lake {
         } else {
             Put::Exists
         })
+    }
+
+    async fn delete(&self, key: &str) -> Result<()> {
+        let full = self.full_key(key);
+        self.bucket
+            .delete(full.as_str())
+            .await
+            .map_err(|e| lake_error(&format!("deleting {full}"), e))
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<Listed>> {
+        let full = self.full_key(prefix);
+        let strip = self.full_key("");
+        let mut out = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let mut request = self.bucket.list().prefix(full.clone()).limit(1000);
+            if let Some(c) = cursor.take() {
+                request = request.cursor(c);
+            }
+            let page = request
+                .execute()
+                .await
+                .map_err(|e| lake_error(&format!("listing {full}"), e))?;
+            for object in page.objects() {
+                let key = object.key();
+                out.push(Listed {
+                    key: key.strip_prefix(&strip).unwrap_or(&key).to_string(),
+                    uploaded_ms: object.uploaded().as_millis() as i64,
+                });
+            }
+            match page.cursor() {
+                Some(c) if page.truncated() => cursor = Some(c),
+                _ => return Ok(out),
+            }
+        }
     }
 
     async fn step_done(&self, step: CommitStep) -> Result<()> {

@@ -14,7 +14,7 @@ use arrow_array::{Array, Decimal128Array, Int64Array, RecordBatch, StringArray};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use super::faults::CommitStep;
-use super::ports::{Buffer, ObjectStore, Put};
+use super::ports::{Buffer, Listed, ObjectStore, Put};
 use super::procedure::Env;
 use super::{BufferedBatch, LoadedBatch};
 use crate::error::{Error, Result};
@@ -147,10 +147,12 @@ impl Buffer for MemoryBuffer {
     }
 }
 
-/// The object store in memory.
+/// The object store in memory; `clock` stamps puts (tests move it).
 #[derive(Debug, Default)]
 pub(crate) struct MemoryStore {
     pub(crate) objects: RefCell<BTreeMap<String, Vec<u8>>>,
+    uploaded: RefCell<BTreeMap<String, i64>>,
+    pub(crate) clock: Cell<i64>,
     crash: Rc<Crash>,
 }
 
@@ -166,6 +168,9 @@ impl MemoryStore {
     }
     pub(crate) fn insert(&self, key: &str, bytes: Vec<u8>) {
         self.objects.borrow_mut().insert(key.to_string(), bytes);
+        self.uploaded
+            .borrow_mut()
+            .insert(key.to_string(), self.clock.get());
     }
 }
 
@@ -185,7 +190,29 @@ impl ObjectStore for MemoryStore {
             return Ok(Put::Exists);
         }
         objects.insert(key.to_string(), bytes);
+        self.uploaded
+            .borrow_mut()
+            .insert(key.to_string(), self.clock.get());
         Ok(Put::Stored)
+    }
+    async fn delete(&self, key: &str) -> Result<()> {
+        self.crash.op("delete")?;
+        self.objects.borrow_mut().remove(key);
+        self.uploaded.borrow_mut().remove(key);
+        Ok(())
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<Listed>> {
+        self.crash.op("list")?;
+        Ok(self
+            .uploaded
+            .borrow()
+            .iter()
+            .filter(|(k, _)| k.starts_with(prefix))
+            .map(|(k, t)| Listed {
+                key: k.clone(),
+                uploaded_ms: *t,
+            })
+            .collect())
     }
     async fn step_done(&self, _step: CommitStep) -> Result<()> {
         self.crash.op("step")

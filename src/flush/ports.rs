@@ -30,6 +30,15 @@ pub enum Put {
     Exists,
 }
 
+/// An object as listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    /// Key relative to the lake's base path.
+    pub key: String,
+    /// When it was written, Unix ms.
+    pub uploaded_ms: i64,
+}
+
 /// An object store with conditional put (R2), keys relative to the lake's
 /// base path.
 #[allow(async_fn_in_trait)] // Single-threaded (WASM and the native fakes): no Send bound wanted.
@@ -40,6 +49,10 @@ pub trait ObjectStore {
     async fn exists(&self, key: &str) -> Result<bool>;
     /// Writes the object; with `if_absent`, only when no object has the key.
     async fn put(&self, key: &str, bytes: Vec<u8>, if_absent: bool) -> Result<Put>;
+    /// Deletes the object (absent is fine).
+    async fn delete(&self, key: &str) -> Result<()>;
+    /// Every object whose key starts with `prefix`, with its upload time.
+    async fn list(&self, prefix: &str) -> Result<Vec<Listed>>;
     /// Called when a step of a commit is done (tests pause or crash here).
     async fn step_done(&self, _step: CommitStep) -> Result<()> {
         Ok(())

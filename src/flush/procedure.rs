@@ -82,6 +82,8 @@ pub struct Outcome {
     /// Tables whose events were dead-lettered because their metadata cannot
     /// be extended, with the reason.
     pub unwritable_tables: BTreeMap<String, String>,
+    /// Tables committed to (the dead-letter table included).
+    pub committed_tables: std::collections::BTreeSet<String>,
 }
 
 impl Outcome {
@@ -142,7 +144,7 @@ enum StepEnd {
 }
 
 /// A table as loaded for a step.
-enum Loaded {
+pub(super) enum Loaded {
     /// Not created yet.
     Missing,
     /// Its current state.
@@ -152,7 +154,7 @@ enum Loaded {
 }
 
 impl Loaded {
-    fn state(&self) -> Option<&TableState> {
+    pub(super) fn state(&self) -> Option<&TableState> {
         match self {
             Loaded::Ready(s) => Some(s),
             _ => None,
@@ -234,6 +236,7 @@ async fn step<B: Buffer, O: ObjectStore, E: Env>(
         let rows = commit.rows;
         let overflow = commit.overflow_total();
         put_commit(objects, commit.puts, &table, out).await?;
+        out.committed_tables.insert(table.clone());
         out.events_flushed += rows;
         if overflow > 0 {
             *out.overflow.entry(table).or_default() += overflow;
@@ -247,7 +250,7 @@ async fn step<B: Buffer, O: ObjectStore, E: Env>(
 /// Loads a table, repairing a lagging `version-hint.text`. Store failures are
 /// errors (the flush is retried); metadata DoLake cannot read or extend makes
 /// the table [`Loaded::Unwritable`].
-async fn load<O: ObjectStore>(
+pub(super) async fn load<O: ObjectStore>(
     objects: &O,
     settings: &Settings<'_>,
     table: &str,
@@ -499,13 +502,14 @@ async fn commit_rejected<O: ObjectStore, E: Env>(
         &marks,
     )?;
     put_commit(objects, commit.puts, table, out).await?;
+    out.committed_tables.insert(table.to_string());
     out.events_rejected += rows.len() as u64;
     Ok(())
 }
 
 /// Puts a commit's objects in order, the metadata file only if absent, and
 /// tells the store when each step is done.
-async fn put_commit<O: ObjectStore>(
+pub(super) async fn put_commit<O: ObjectStore>(
     objects: &O,
     puts: Vec<PutObject>,
     table: &str,

@@ -674,6 +674,7 @@ pub fn nack(
             _ => None,
         },
         max_size,
+        kind: Some(kind),
     })
 }
 

@@ -103,6 +103,10 @@ pub struct NackMessage {
     /// The limit that was exceeded, for size refusals.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_size: Option<u64>,
+    /// The error kind behind `reason` (not on the wire): what the edges map
+    /// to HTTP statuses and strike policies, instead of parsing `reason`.
+    #[serde(skip)]
+    pub kind: Option<crate::error::ErrorKind>,
 }
 
 /// The service state reported by `status`.

@@ -1,5 +1,5 @@
 // Runs the built DoLake worker in real workerd through Miniflare 4, with DO
-// storage, R2 and KV persisted under STATE_DIR. Prints `READY <url>` once it
+// storage and R2 persisted under STATE_DIR. Prints `READY <url>` once it
 // answers. Started by harness.mjs in its own process group so that tests can
 // SIGKILL the whole runtime (node and workerd) to simulate a crash.
 import { Miniflare } from 'miniflare';
@@ -30,10 +30,8 @@ const mf = new Miniflare({
   bindings,
   durableObjects: { DOLAKE: { className: 'DoLake', useSQLite: true } },
   r2Buckets: ['LAKEHOUSE_BUCKET'],
-  kvNamespaces: ['LAKEHOUSE_KV'],
   durableObjectsPersist: path.join(stateDir, 'do'),
   r2Persist: path.join(stateDir, 'r2'),
-  kvPersist: path.join(stateDir, 'kv'),
 });
 const url = await mf.ready;
 
