@@ -385,7 +385,11 @@ impl Intake {
             // lost its batch counter). Stored, and counted.
             source.reused_sequence_numbers += 1;
         }
-        if dedup && !source.acked_batches.contains(seq) {
+        // One insert adds at most one range: only a full set needs the check.
+        if dedup
+            && source.acked_batches.range_count() >= MAX_WATERMARK_RANGES
+            && !source.acked_batches.contains(seq)
+        {
             let mut acked = source.acked_batches.clone();
             acked.insert(seq);
             if acked.range_count() > MAX_WATERMARK_RANGES {
