@@ -25,8 +25,16 @@ pub const METADATA_LOG_MAX: usize = 100;
 
 /// Summary key prefix of the per-commit highest sequences of a source.
 pub const SUMMARY_SOURCE_PREFIX: &str = "dolake.source.";
-/// Summary key prefix of the cumulative watermark of a source.
+/// Summary key prefix of the cumulative watermark of a source, as tables
+/// written before [`WATERMARKS_PROPERTY`] recorded it in every summary. Read
+/// (see [`committed_watermarks`]), no longer written.
 pub const SUMMARY_WATERMARK_PREFIX: &str = "dolake.watermark.";
+/// Table property holding the cumulative watermark of every source, as
+/// compact JSON `{"source":[batchSeq,eventSeq],...}`, rewritten by every
+/// commit that has sources. One place per metadata file, so metadata does
+/// not grow with commits x sources (snapshot summaries only name the sources
+/// their commit changed: [`SUMMARY_SOURCE_PREFIX`]).
+pub const WATERMARKS_PROPERTY: &str = "dolake.watermarks";
 /// Summary key suffix of a batch sequence number.
 pub const SUMMARY_BATCH_SUFFIX: &str = ".batch-seq";
 /// Summary key suffix of an event sequence number.
@@ -161,13 +169,59 @@ impl Commit {
     }
 }
 
-/// The cumulative per-source watermarks recorded in the current snapshot:
-/// everything at or below them is committed.
+/// The cumulative per-source watermarks of the table: everything at or below
+/// them is committed. Read from the table property [`WATERMARKS_PROPERTY`]
+/// and, for tables written before it, from the current snapshot's summary
+/// keys `dolake.watermark.{source}.*`; where both name a source, the higher
+/// value wins. Empty when the table has no current snapshot. Entries that do
+/// not parse are skipped.
 pub fn committed_watermarks(metadata: &TableMetadata) -> BTreeMap<String, Watermark> {
-    metadata
-        .current_snapshot()
-        .map(|s| summary_watermarks(&s.summary, SUMMARY_WATERMARK_PREFIX))
-        .unwrap_or_default()
+    let Some(snapshot) = metadata.current_snapshot() else {
+        return BTreeMap::new();
+    };
+    let mut out = summary_watermarks(&snapshot.summary, SUMMARY_WATERMARK_PREFIX);
+    let listed = metadata
+        .properties
+        .get(WATERMARKS_PROPERTY)
+        .map(|v| parse_watermarks_property(v))
+        .unwrap_or_default();
+    for (source, w) in listed {
+        out.entry(source).or_default().raise(w);
+    }
+    out
+}
+
+/// Parses the value of [`WATERMARKS_PROPERTY`]; what does not parse is
+/// skipped (outside input must not stop a commit).
+pub fn parse_watermarks_property(value: &str) -> BTreeMap<String, Watermark> {
+    let Ok(map) = serde_json::from_str::<BTreeMap<String, serde_json::Value>>(value) else {
+        return BTreeMap::new();
+    };
+    map.into_iter()
+        .filter_map(|(source, v)| {
+            let pair = v.as_array()?;
+            match pair.as_slice() {
+                [b, e] => Some((
+                    source,
+                    Watermark {
+                        batch_seq: b.as_u64()?,
+                        event_seq: e.as_u64()?,
+                    },
+                )),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+/// The value of [`WATERMARKS_PROPERTY`] for `watermarks`: compact JSON,
+/// sources in order.
+pub fn watermarks_property(watermarks: &BTreeMap<String, Watermark>) -> String {
+    let map: BTreeMap<&str, [u64; 2]> = watermarks
+        .iter()
+        .map(|(s, w)| (s.as_str(), [w.batch_seq, w.event_seq]))
+        .collect();
+    serde_json::to_string(&map).unwrap_or_default()
 }
 
 fn summary_watermarks(
@@ -681,7 +735,9 @@ pub(crate) fn finish(
     put("total-equality-deletes", prev("total-equality-deletes"));
     let overflow_total: u64 = overflow.values().sum();
     put(SUMMARY_OVERFLOW, overflow_total);
-    let mut cumulative = summary_watermarks(&prev_summary, SUMMARY_WATERMARK_PREFIX);
+    // Only this commit's sources go in the summary; the cumulative marks of
+    // every source go in one table property (see WATERMARKS_PROPERTY).
+    let mut cumulative = base.map(committed_watermarks).unwrap_or_default();
     for (source, w) in &sources {
         put(
             &format!("{SUMMARY_SOURCE_PREFIX}{source}{SUMMARY_BATCH_SUFFIX}"),
@@ -692,16 +748,6 @@ pub(crate) fn finish(
             w.event_seq,
         );
         cumulative.entry(source.clone()).or_default().raise(*w);
-    }
-    for (source, w) in &cumulative {
-        put(
-            &format!("{SUMMARY_WATERMARK_PREFIX}{source}{SUMMARY_BATCH_SUFFIX}"),
-            w.batch_seq,
-        );
-        put(
-            &format!("{SUMMARY_WATERMARK_PREFIX}{source}{SUMMARY_EVENT_SUFFIX}"),
-            w.event_seq,
-        );
     }
     for (k, v) in prev_summary
         .iter()
@@ -771,6 +817,12 @@ pub(crate) fn finish(
         "write.parquet.compression-codec".to_string(),
         codec_name(options.compression).to_string(),
     );
+    if !cumulative.is_empty() {
+        metadata.properties.insert(
+            WATERMARKS_PROPERTY.to_string(),
+            watermarks_property(&cumulative),
+        );
+    }
     metadata.last_sequence_number = sequence_number;
     metadata.last_updated_ms = timestamp_ms;
     metadata.snapshots.push(Snapshot {
