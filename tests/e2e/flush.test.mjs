@@ -6,20 +6,8 @@ import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { mkdirSync } from 'node:fs';
 import path from 'node:path';
-import { exportLake, getJson, removeDir, Shard, sleep, startDoLake, tempStateDir, verifyLake, waitFor } from './harness.mjs';
+import { exportLake, getJson, QUIET, Shard, sleep, verifyLake, waitFor, withServer } from './harness.mjs';
 
-const QUIET = { flushThresholdEvents: 1_000_000_000, flushThresholdBytes: 50_000_000, flushThresholdMs: 3_600_000, flushIntervalMs: 3_600_000 };
-
-async function withServer(config, fn) {
-  const stateDir = tempStateDir();
-  const server = await startDoLake({ stateDir, config, hooks: true });
-  try {
-    return await fn(server, stateDir);
-  } finally {
-    await server.stop();
-    removeDir(stateDir);
-  }
-}
 
 const status = async (server) => (await getJson(`${server.url}/lakehouse/status`)).body;
 const flushedLog = (server, trigger) => server.logs.find((l) => l.includes('"event":"flushed"') && l.includes(`"trigger":"${trigger}"`));

@@ -5,21 +5,9 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { getJson, getMetrics, removeDir, Shard, startDoLake, tempStateDir, waitFor, withTimeout } from './harness.mjs';
+import { getJson, getMetrics, QUIET, Shard, waitFor, withServer, withTimeout } from './harness.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
-const QUIET = { flushThresholdEvents: 1_000_000_000, flushThresholdBytes: 50_000_000, flushThresholdMs: 3_600_000, flushIntervalMs: 3_600_000 };
-
-async function withServer(config, fn) {
-  const stateDir = tempStateDir();
-  const server = await startDoLake({ stateDir, config, hooks: true });
-  try {
-    return await fn(server, stateDir);
-  } finally {
-    await server.stop();
-    removeDir(stateDir);
-  }
-}
 
 const status = async (server) => (await getJson(`${server.url}/lakehouse/status`)).body;
 const flush = (server) => getJson(`${server.url}/lakehouse/flush`, { method: 'POST' });

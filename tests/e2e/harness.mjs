@@ -238,6 +238,21 @@ export class Shard {
   }
 }
 
+/** Flush thresholds far away: flushes happen only when a test asks. */
+export const QUIET = { flushThresholdEvents: 1_000_000_000, flushThresholdBytes: 50_000_000, flushThresholdMs: 3_600_000, flushIntervalMs: 3_600_000 };
+
+/** Runs `fn(server, stateDir)` against a fresh DoLake with test hooks, then stops it. */
+export async function withServer(config, fn) {
+  const stateDir = tempStateDir();
+  const server = await startDoLake({ stateDir, config, hooks: true });
+  try {
+    return await fn(server, stateDir);
+  } finally {
+    await server.stop();
+    removeDir(stateDir);
+  }
+}
+
 /** Copies every R2 object under `prefix/` to `dir` (keys relative to the prefix). */
 export async function exportLake(server, dir, prefix = 'warehouse') {
   const { body: keys } = await getJson(`${server.inspector}/list`);
