@@ -15,6 +15,7 @@
 //! - [`metadata`]: `metadata.json` as types; parsing and writing.
 //! - [`table`]: object keys of a table, name validation, loading its state.
 //! - [`commit`]: planning a commit; snapshot summaries and watermarks.
+//! - [`expire`]: snapshot expiry, which keeps a table's metadata bounded.
 //! - [`limits`]: what the lake can write: [`check_event`], the rule intake
 //!   applies to every event before acknowledging it, and the bounds on a
 //!   table's width the writer keeps by itself.
@@ -27,6 +28,7 @@
 pub mod avro;
 pub mod changelog;
 pub mod commit;
+pub mod expire;
 pub mod limits;
 pub mod metadata;
 pub mod parquet;
@@ -40,10 +42,14 @@ pub use commit::{
     committed_watermarks, plan_commit, plan_commit_with_marks, Commit, CommitIds, ObjectKind,
     PutObject, Watermark, WriteOptions,
 };
+pub use commit::WATERMARKS_PROPERTY;
+pub use expire::{plan_expire, ExpirePolicy, Expiry};
 pub use limits::{check_change_event, check_event, check_metadata};
 pub use metadata::{parse_version_hint, TableMetadata};
 pub use rejected::{plan_rejected_commit, RejectedEvent, REJECTED_TABLE};
 pub use table::{validate_key_segment, validate_name, TablePaths, TableState};
 
+#[cfg(test)]
+mod expire_tests;
 #[cfg(test)]
 mod tests;
