@@ -20,6 +20,12 @@
 //!   apart under `dead_letter_tables` in `tables.json` (its columns are not
 //!   the changelog's), with its rows in `expected/_dolake_rejected.jsonl`.
 //!
+//! - the table `expired`: weeks of commits from three sources, a tag on an
+//!   old snapshot, then snapshot expiry (with the deletes the flush does),
+//!   more commits, and a second expiry: every row must still read back, and
+//!   the metadata holds only the kept snapshots (`tables.json` lists them,
+//!   with `expired_snapshot_ids`, `deleted_files`, `live_data_files`).
+//!
 //! Every commit after the first is planned on the state read back from the
 //! files written (version hint, metadata, manifest list), as after a restart.
 
@@ -28,8 +34,9 @@ use std::path::{Path, PathBuf};
 
 use dolake::config::{Compression, PartitionBy};
 use dolake::lake::{
-    committed_watermarks, plan_commit, plan_rejected_commit, ChangeEvent, CommitIds, Op,
-    RejectedEvent, TablePaths, TableState, Watermark, WriteOptions, REJECTED_TABLE,
+    committed_watermarks, plan_commit, plan_expire, plan_rejected_commit, ChangeEvent, CommitIds,
+    ExpirePolicy, Op, RejectedEvent, TablePaths, TableState, Watermark, WriteOptions,
+    REJECTED_TABLE, WATERMARKS_PROPERTY,
 };
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
@@ -826,6 +833,190 @@ fn write_dead_letter_table(out: &Path) -> Value {
     })
 }
 
+/// The state of a table as the flush reads it back from storage.
+fn load_state(warehouse: &Path, paths: &TablePaths) -> TableState {
+    let read = |key: &str| std::fs::read(warehouse.join(key)).unwrap();
+    let hint = read(&paths.version_hint_key());
+    let version = dolake::lake::parse_version_hint(&hint).unwrap();
+    let meta = read(&paths.metadata_key(version));
+    let metadata = dolake::lake::TableMetadata::from_json(&meta).unwrap();
+    let list_key = paths.manifest_list_key(&metadata).unwrap().unwrap();
+    TableState::from_objects(&hint, &meta, Some(&read(&list_key))).unwrap()
+}
+
+/// The table `expired`: 60 commits 8 hours apart (20 days) from three
+/// sources, a tag on the 5th snapshot, an expiry (7 days, at least 10
+/// snapshots, 20 metadata-log entries) with its deletes performed, 3 more
+/// commits, and a second expiry two days later. Returns its `tables.json`
+/// entry.
+fn write_expired_table(out: &Path) -> Value {
+    const NAME: &str = "expired";
+    const SOURCES: [&str; 3] = ["shard-x", "shard-y", "shard-z"];
+    let columns = vec![("id", Ty::Long), ("source", Ty::Str), ("note", Ty::Str)];
+    let warehouse = out.join("warehouse");
+    let paths = TablePaths::new(NAMESPACE, NAME).unwrap();
+    let options = WriteOptions {
+        warehouse_location: format!("file://{}", warehouse.display()),
+        namespace: NAMESPACE.to_string(),
+        table: NAME.to_string(),
+        compression: Compression::Zstd,
+        row_group_size: 1000,
+        partition_by: PartitionBy::Day,
+        target_file_size: 64 * 1024 * 1024,
+    };
+    let policy = ExpirePolicy {
+        max_snapshot_age_ms: 7 * 24 * HOUR,
+        min_snapshots_to_keep: 10,
+        max_metadata_log: 20,
+    };
+    let start = DAY0 - 30 * 24 * HOUR;
+    let mut expected = Vec::new();
+    let mut want: BTreeMap<String, Watermark> = BTreeMap::new();
+    let mut seq = 0_u64;
+    // Per snapshot id: rows in the table then, data files added.
+    let mut per_snapshot: BTreeMap<i64, (usize, usize)> = BTreeMap::new();
+    let mut live_data_files = 0;
+    let mut expired_ids: Vec<i64> = Vec::new();
+    let mut deleted: Vec<PathBuf> = Vec::new();
+    let mut tagged = 0;
+    let mut now = start;
+    let mut commit = |n: u64, now: i64, tag: Option<i64>| -> i64 {
+        let mut state = (n > 1).then(|| load_state(&warehouse, &paths));
+        if let (Some(s), Some(id)) = (state.as_mut(), tag) {
+            s.metadata.refs.insert(
+                "audit".into(),
+                dolake::lake::metadata::SnapshotRef {
+                    snapshot_id: id,
+                    kind: "tag".into(),
+                    extra: BTreeMap::new(),
+                },
+            );
+        }
+        let mut events = Vec::new();
+        for j in 0..4_u64 {
+            let source = SOURCES[((n + j / 2) % 3) as usize];
+            seq += 1;
+            let w = want.entry(source.to_string()).or_default();
+            w.batch_seq = n;
+            w.event_seq = seq;
+            events.push(insert(
+                source,
+                n,
+                seq,
+                now + j as i64,
+                json!({"id": seq, "source": source, "note": format!("commit {n}")}),
+            ));
+        }
+        let ids = CommitIds {
+            snapshot_id: 9_000_000_000 + n as i64,
+            commit_uuid: Uuid::from_u128(0xe0_0000 + u128::from(n)),
+            table_uuid: Uuid::from_bytes([0xee; 16]),
+            now_ms: now,
+        };
+        let c = plan_commit(&events, state.as_ref(), &options, &ids).unwrap();
+        for p in &c.puts {
+            let path = warehouse.join(&p.key);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, &p.bytes).unwrap();
+        }
+        for e in &events {
+            expected.push(expected_row(e, &columns));
+        }
+        live_data_files += c.data_files;
+        per_snapshot.insert(c.snapshot_id, (expected.len(), c.data_files));
+        c.snapshot_id
+    };
+    let mut expire = |now: i64| -> dolake::lake::Expiry {
+        let state = load_state(&warehouse, &paths);
+        let e = plan_expire(&state, &paths, now, &policy).unwrap().unwrap();
+        // What the flush does: the puts in order, then the deletes.
+        for p in &e.commit.puts {
+            std::fs::write(warehouse.join(&p.key), &p.bytes).unwrap();
+        }
+        for key in e
+            .expired_manifest_lists
+            .iter()
+            .chain(&e.expired_metadata_files)
+        {
+            let path = warehouse.join(key);
+            std::fs::remove_file(&path).unwrap();
+            deleted.push(path);
+        }
+        expired_ids.extend(&e.expired_snapshot_ids);
+        e
+    };
+    for n in 1..=60 {
+        let id = commit(n, now, (n == 6).then_some(tagged));
+        if n == 5 {
+            tagged = id;
+        }
+        now += 8 * HOUR;
+    }
+    let first = expire(now - 7 * HOUR);
+    // The last 21 commits are younger than 7 days; and the tagged one.
+    assert_eq!(first.commit.state.metadata.snapshots.len(), 22);
+    assert_eq!(first.expired_snapshot_ids.len(), 38);
+    assert_eq!(first.expired_manifest_lists.len(), 38);
+    for n in 61..=63 {
+        commit(n, now, None);
+        now += 8 * HOUR;
+    }
+    let second = expire(now - 8 * HOUR + 2 * 24 * HOUR);
+    // Snapshots 48..63 are younger than 7 days now.
+    assert_eq!(second.expired_snapshot_ids.len(), 8);
+    let meta = second.commit.state.metadata;
+    assert_eq!(meta.snapshots.len(), 17);
+    assert!(meta.snapshots.iter().any(|s| s.snapshot_id == tagged));
+    assert_eq!(meta.metadata_log.len(), 20);
+    assert_eq!(committed_watermarks(&meta), want);
+    assert!(meta.properties.contains_key(WATERMARKS_PROPERTY));
+    assert!(meta
+        .snapshots
+        .iter()
+        .all(|s| !s.summary.keys().any(|k| k.starts_with("dolake.watermark."))));
+    let metadata_path = warehouse.join(&second.commit.metadata_key);
+    let snapshots: Vec<Value> = meta
+        .snapshots
+        .iter()
+        .map(|s| {
+            let (rows, files) = per_snapshot[&s.snapshot_id];
+            json!({
+                "snapshot_id": s.snapshot_id,
+                "total_rows": rows,
+                "data_files": files,
+                "compression": "zstd",
+            })
+        })
+        .collect();
+    let exp_dir = out.join("expected");
+    std::fs::create_dir_all(&exp_dir).unwrap();
+    let exp_path = exp_dir.join(format!("{NAME}.jsonl"));
+    let text: String = expected.iter().map(|r| format!("{r}\n")).collect();
+    std::fs::write(&exp_path, text).unwrap();
+    let watermarks: BTreeMap<&String, [u64; 2]> = want
+        .iter()
+        .map(|(s, w)| (s, [w.batch_seq, w.event_seq]))
+        .collect();
+    json!({
+        "name": NAME,
+        "namespace": NAMESPACE,
+        "table_dir": warehouse.join(paths.prefix()),
+        "metadata_path": metadata_path,
+        "metadata_location": format!("file://{}", metadata_path.display()),
+        "partition_by": "day",
+        "snapshots": snapshots,
+        "rows": expected.len(),
+        "json_columns": ["_cdc_before", "_cdc_metadata", "_cdc_overflow"],
+        "expected": exp_path,
+        "expired_snapshot_ids": expired_ids,
+        "tagged_snapshot_id": tagged,
+        "deleted_files": deleted,
+        "live_data_files": live_data_files,
+        "max_metadata_log": policy.max_metadata_log,
+        "watermarks": watermarks,
+    })
+}
+
 #[test]
 fn write_reader_test_tables() {
     let (out, keep) = match std::env::var_os("DOLAKE_READERS_OUT") {
@@ -867,6 +1058,7 @@ fn write_reader_test_tables() {
     assert_eq!(overflow["id"], 2);
     assert_eq!(overflow["customer"], 1);
     assert_eq!(overflow["_cdc_op"], 1);
+    tables.push(write_expired_table(&out));
     let dead_letter = write_dead_letter_table(&out);
     std::fs::write(
         out.join("tables.json"),

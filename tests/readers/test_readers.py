@@ -146,9 +146,12 @@ def test_pyiceberg_time_travel_sees_each_commit(name):
     for s in t["snapshots"]:
         n = tbl.scan(snapshot_id=s["snapshot_id"]).to_arrow().num_rows
         assert n == s["total_rows"], s
-    # Parent chain.
+    # Parent chain (after expiry, a live snapshot may name an expired parent).
     snaps = tbl.metadata.snapshots
+    expired = set(t.get("expired_snapshot_ids", []))
     for prev, cur in zip(snaps, snaps[1:]):
+        if cur.parent_snapshot_id in expired:
+            continue
         assert cur.parent_snapshot_id == prev.snapshot_id
         assert cur.sequence_number == prev.sequence_number + 1
 
@@ -243,7 +246,8 @@ def test_duckdb_metadata_functions(name):
         f"SELECT file_path, record_count FROM iceberg_metadata('{t['metadata_path']}')"
     ).fetchall()
     assert sum(r[1] for r in files) == t["rows"]
-    assert len(files) == sum(s["data_files"] for s in t["snapshots"])
+    # Data files added by expired snapshots are still live.
+    assert len(files) == t.get("live_data_files", sum(s["data_files"] for s in t["snapshots"]))
 
 
 # ---------------------------------------------------------------- iceberg-rust
@@ -299,6 +303,66 @@ def test_parquet_files_carry_field_ids_and_utc_micros(name):
         codecs.add(pf.metadata.row_group(0).column(0).compression)
     want = {s["compression"].upper().replace("NONE", "UNCOMPRESSED") for s in t["snapshots"]}
     assert codecs == want
+
+
+# ---------------------------------------------------------------- expired snapshots
+
+# Tables on which snapshot expiry ran (with the deletes the flush does): the
+# readers above read every row of them; these check what the metadata holds.
+EXPIRED = [n for n in NAMES if "expired_snapshot_ids" in BY_NAME[n]]
+
+
+def expired_param(fn):
+    return pytest.mark.parametrize("name", EXPIRED)(fn)
+
+
+@expired_param
+def test_expired_table_holds_only_the_kept_snapshots(name):
+    t = BY_NAME[name]
+    md = pyiceberg_table(t).metadata
+    kept = {s["snapshot_id"] for s in t["snapshots"]}
+    expired = set(t["expired_snapshot_ids"])
+    assert expired and not expired & kept
+    assert {s.snapshot_id for s in md.snapshots} == kept
+    # snapshot-log names live snapshots only; the tag survived.
+    assert md.snapshot_log and {e.snapshot_id for e in md.snapshot_log} <= kept
+    assert md.refs["audit"].snapshot_id == t["tagged_snapshot_id"]
+    assert md.refs["audit"].snapshot_ref_type == "tag"
+    assert md.refs["main"].snapshot_id == md.current_snapshot_id
+    # metadata-log is bounded, and every file it names is still there.
+    assert len(md.metadata_log) == t["max_metadata_log"]
+    for e in md.metadata_log:
+        assert os.path.exists(e.metadata_file.removeprefix("file://")), e
+    # What the expiry listed was deleted, and nothing live needs it.
+    assert t["deleted_files"]
+    for path in t["deleted_files"]:
+        assert not os.path.exists(path), path
+    lists = {s.manifest_list.removeprefix("file://") for s in md.snapshots}
+    assert not lists & set(t["deleted_files"])
+    # Watermarks: one table property; summaries only name their commit's sources.
+    assert json.loads(md.properties["dolake.watermarks"]) == t["watermarks"]
+    for s in md.snapshots:
+        keys = s.summary.additional_properties
+        assert not any(k.startswith("dolake.watermark.") for k in keys), keys
+        assert 2 <= sum(k.startswith("dolake.source.") for k in keys) <= 4
+
+
+@expired_param
+def test_expired_snapshots_are_gone_for_every_reader(name):
+    t = BY_NAME[name]
+    tbl = pyiceberg_table(t)
+    gone = t["expired_snapshot_ids"][0]
+    assert tbl.metadata.snapshot_by_id(gone) is None
+    with pytest.raises(Exception):
+        tbl.scan(snapshot_id=gone).to_arrow()
+    snaps = duck().execute(
+        f"SELECT snapshot_id FROM iceberg_snapshots('{t['metadata_path']}')"
+    ).fetchall()
+    assert gone not in {s[0] for s in snaps}
+    # The tagged old snapshot still reads back as it was.
+    tagged = t["tagged_snapshot_id"]
+    (want,) = [s["total_rows"] for s in t["snapshots"] if s["snapshot_id"] == tagged]
+    assert tbl.scan(snapshot_id=tagged).to_arrow().num_rows == want
 
 
 # ---------------------------------------------------------------- doubles, bit for bit
