@@ -38,11 +38,11 @@ pub mod table;
 
 pub use avro::{read_manifest_list, ManifestFile};
 pub use changelog::{ChangeEvent, Op};
+pub use commit::WATERMARKS_PROPERTY;
 pub use commit::{
     committed_watermarks, plan_commit, plan_commit_with_marks, Commit, CommitIds, ObjectKind,
     PutObject, Watermark, WriteOptions,
 };
-pub use commit::WATERMARKS_PROPERTY;
 pub use expire::{plan_expire, ExpirePolicy, Expiry};
 pub use limits::{check_change_event, check_event, check_metadata};
 pub use metadata::{parse_version_hint, TableMetadata};
