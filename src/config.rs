@@ -73,6 +73,56 @@ impl Default for RateLimitConfig {
     }
 }
 
+/// Table maintenance (`maintenance` in `DOLAKE_CONFIG`; see the README's
+/// "Table lifecycle").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MaintenanceConfig {
+    /// Run maintenance on the alarm.
+    pub enabled: bool,
+    /// Time between runs, ms (default 1 h).
+    pub interval_ms: u64,
+    /// Snapshots older than this may expire, ms (default 7 days).
+    pub snapshot_max_age_ms: u64,
+    /// The newest this many snapshots never expire (default 100).
+    pub min_snapshots_to_keep: u64,
+    /// At most this many snapshots are kept, whatever their age (default
+    /// 1,000; a table flushed every 30 s makes 20,160 in 7 days).
+    pub max_snapshots_to_keep: u64,
+    /// Merge manifests when the current snapshot lists more than this many
+    /// (default 100).
+    pub manifest_merge_min_count: u64,
+    /// Size merged manifests are filled to, bytes (default 8 MiB).
+    pub target_manifest_bytes: u64,
+    /// Rewrite small data files into larger ones.
+    pub compaction_enabled: bool,
+    /// Size compaction aims at, bytes (default 128 MiB).
+    pub target_file_bytes: u64,
+    /// Unreferenced objects younger than this are never deleted, ms (default
+    /// 3 days, at least 60 s).
+    pub orphan_min_age_ms: u64,
+}
+
+impl Default for MaintenanceConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            interval_ms: 3_600_000,
+            snapshot_max_age_ms: 7 * 24 * 3_600_000,
+            min_snapshots_to_keep: 100,
+            max_snapshots_to_keep: 1_000,
+            manifest_merge_min_count: 100,
+            target_manifest_bytes: 8 * 1024 * 1024,
+            compaction_enabled: true,
+            target_file_bytes: 128 * 1024 * 1024,
+            orphan_min_age_ms: 3 * 24 * 3_600_000,
+        }
+    }
+}
+
+/// Shortest `maintenance.orphanMinAgeMs`: a commit in flight is never older.
+pub const MIN_ORPHAN_AGE_MS: u64 = 60_000;
+
 /// The whole configuration (the guide's `DoLakeConfig` plus DoLake's own
 /// `warehouseLocation`, `namespace` and `partitionBy`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -112,6 +162,8 @@ pub struct DoLakeConfig {
     pub namespace: String,
     /// Rate limits.
     pub rate_limit: RateLimitConfig,
+    /// Table maintenance.
+    pub maintenance: MaintenanceConfig,
 }
 
 impl Default for DoLakeConfig {
@@ -136,6 +188,7 @@ impl Default for DoLakeConfig {
             partition_by: PartitionBy::Day,
             namespace: "default".to_string(),
             rate_limit: RateLimitConfig::default(),
+            maintenance: MaintenanceConfig::default(),
         }
     }
 }
@@ -170,6 +223,74 @@ struct RawConfig {
     warehouse_location: Option<String>,
     namespace: Option<String>,
     rate_limit: Option<RawRateLimit>,
+    maintenance: Option<RawMaintenance>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RawMaintenance {
+    enabled: Option<bool>,
+    interval_ms: Option<u64>,
+    snapshot_max_age_ms: Option<u64>,
+    min_snapshots_to_keep: Option<u64>,
+    max_snapshots_to_keep: Option<u64>,
+    manifest_merge_min_count: Option<u64>,
+    target_manifest_bytes: Option<u64>,
+    compaction_enabled: Option<bool>,
+    target_file_bytes: Option<u64>,
+    orphan_min_age_ms: Option<u64>,
+}
+
+fn maintenance(raw: RawMaintenance) -> Result<MaintenanceConfig> {
+    let d = MaintenanceConfig::default();
+    let key = |k: &str| format!("maintenance.{k}");
+    let m = MaintenanceConfig {
+        enabled: raw.enabled.unwrap_or(d.enabled),
+        interval_ms: positive(&key("intervalMs"), raw.interval_ms.unwrap_or(d.interval_ms))?,
+        snapshot_max_age_ms: raw.snapshot_max_age_ms.unwrap_or(d.snapshot_max_age_ms),
+        min_snapshots_to_keep: positive(
+            &key("minSnapshotsToKeep"),
+            raw.min_snapshots_to_keep.unwrap_or(d.min_snapshots_to_keep),
+        )?,
+        max_snapshots_to_keep: positive(
+            &key("maxSnapshotsToKeep"),
+            raw.max_snapshots_to_keep.unwrap_or(d.max_snapshots_to_keep),
+        )?,
+        manifest_merge_min_count: positive(
+            &key("manifestMergeMinCount"),
+            raw.manifest_merge_min_count
+                .unwrap_or(d.manifest_merge_min_count),
+        )?,
+        target_manifest_bytes: positive(
+            &key("targetManifestBytes"),
+            raw.target_manifest_bytes.unwrap_or(d.target_manifest_bytes),
+        )?,
+        compaction_enabled: raw.compaction_enabled.unwrap_or(d.compaction_enabled),
+        target_file_bytes: positive(
+            &key("targetFileBytes"),
+            raw.target_file_bytes.unwrap_or(d.target_file_bytes),
+        )?,
+        orphan_min_age_ms: raw.orphan_min_age_ms.unwrap_or(d.orphan_min_age_ms),
+    };
+    if m.max_snapshots_to_keep < m.min_snapshots_to_keep {
+        return Err(config_error(
+            "DOLAKE_CONFIG key `maintenance.maxSnapshotsToKeep` must not be below `maintenance.minSnapshotsToKeep`",
+        ));
+    }
+    if m.orphan_min_age_ms < MIN_ORPHAN_AGE_MS {
+        return Err(config_error(format!(
+            "DOLAKE_CONFIG key `maintenance.orphanMinAgeMs` must be at least {MIN_ORPHAN_AGE_MS} (a commit in flight must never look orphaned)"
+        )));
+    }
+    if m.interval_ms > i64::MAX as u64 / 4
+        || m.snapshot_max_age_ms > i64::MAX as u64 / 4
+        || m.orphan_min_age_ms > i64::MAX as u64 / 4
+    {
+        return Err(config_error(
+            "DOLAKE_CONFIG keys `maintenance.*Ms` must be below 2^61",
+        ));
+    }
+    Ok(m)
 }
 
 #[derive(Deserialize)]
@@ -364,6 +485,7 @@ impl DoLakeConfig {
             warehouse_location,
             namespace,
             rate_limit,
+            maintenance: maintenance(raw.maintenance.unwrap_or_default())?,
         };
         if config.flush_threshold_bytes > config.max_buffer_size {
             return Err(config_error(
@@ -387,6 +509,55 @@ mod tests {
         let e = DoLakeConfig::parse(Some(text)).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Config);
         e.message().to_string()
+    }
+
+    #[test]
+    fn maintenance_keys_are_read_and_checked() {
+        let c = DoLakeConfig::parse(None).unwrap().maintenance;
+        assert!(c.enabled && c.compaction_enabled);
+        assert_eq!(c.snapshot_max_age_ms, 604_800_000);
+        assert_eq!(c.min_snapshots_to_keep, 100);
+        assert_eq!(c.target_file_bytes, 134_217_728);
+        let c = DoLakeConfig::parse(Some(
+            r#"{"maintenance":{"enabled":false,"intervalMs":5000,"snapshotMaxAgeMs":0,"minSnapshotsToKeep":2,"maxSnapshotsToKeep":3,"manifestMergeMinCount":4,"targetManifestBytes":1000,"compactionEnabled":false,"targetFileBytes":65536,"orphanMinAgeMs":60000}}"#,
+        ))
+        .unwrap()
+        .maintenance;
+        assert_eq!(
+            (
+                c.enabled,
+                c.interval_ms,
+                c.snapshot_max_age_ms,
+                c.min_snapshots_to_keep
+            ),
+            (false, 5000, 0, 2)
+        );
+        assert_eq!(
+            (
+                c.max_snapshots_to_keep,
+                c.manifest_merge_min_count,
+                c.target_manifest_bytes
+            ),
+            (3, 4, 1000)
+        );
+        assert_eq!(
+            (
+                c.compaction_enabled,
+                c.target_file_bytes,
+                c.orphan_min_age_ms
+            ),
+            (false, 65536, 60_000)
+        );
+        assert!(err(r#"{"maintenance":{"orphanMinAgeMs":1000}}"#)
+            .contains("maintenance.orphanMinAgeMs"));
+        assert!(
+            err(r#"{"maintenance":{"minSnapshotsToKeep":5,"maxSnapshotsToKeep":4}}"#)
+                .contains("maintenance.maxSnapshotsToKeep")
+        );
+        assert!(err(r#"{"maintenance":{"intervalMs":0}}"#).contains("maintenance.intervalMs"));
+        assert!(err(r#"{"maintenance":{"targetFileBytes":-1}}"#)
+            .contains("maintenance.targetFileBytes"));
+        assert!(err(r#"{"maintenance":{"every":1}}"#).contains("every"));
     }
 
     #[test]

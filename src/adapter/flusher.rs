@@ -3,6 +3,7 @@
 //! where the schedule wants it.
 
 use crate::error::{Error, Result};
+use crate::flush::maintenance;
 use crate::flush::ports::Buffer;
 use crate::flush::procedure::{self, Env, Settings};
 use crate::flush::{BufferedBatch, FlushSchedule, FlushTrigger, LoadedBatch};
@@ -218,16 +219,112 @@ impl DoLake {
         }
     }
 
-    /// When the schedule wants the alarm, now; `None` for no alarm.
+    /// When the schedule wants the alarm: the next flush or the next
+    /// maintenance run, whichever is first; `None` for no alarm.
     fn wanted_alarm(&self) -> Option<i64> {
         match &*self.core.borrow() {
-            Core::Ready(intake) => FlushSchedule::new(intake.config()).next_alarm(
-                now_ms(),
-                intake.buffer(),
-                &self.history.borrow(),
-            ),
+            Core::Ready(intake) => {
+                let now = now_ms();
+                let history = self.history.borrow();
+                let flush =
+                    FlushSchedule::new(intake.config()).next_alarm(now, intake.buffer(), &history);
+                let maintenance = history
+                    .maintenance
+                    .next_run(&intake.config().maintenance, &history)
+                    .map(|at| at.max(now));
+                match (flush, maintenance) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                }
+            }
             Core::Failed(_) => None,
         }
+    }
+
+    /// Whether maintenance is due now.
+    pub(super) fn maintenance_due(&self) -> bool {
+        match &*self.core.borrow() {
+            Core::Ready(intake) => {
+                let history = self.history.borrow();
+                history
+                    .maintenance
+                    .next_run(&intake.config().maintenance, &history)
+                    .is_some_and(|at| at <= now_ms())
+            }
+            Core::Failed(_) => false,
+        }
+    }
+
+    /// Runs table maintenance over every table a flush has written (never
+    /// while a flush runs: both are commits to the same tables), records it
+    /// and re-arms the alarm. `Err` when it cannot run now.
+    pub(super) async fn maintain(&self, trigger: &str) -> Result<maintenance::Report> {
+        if self.flush_running.get() {
+            return Err(Error::new(
+                crate::error::ErrorKind::Overloaded,
+                "a flush or maintenance run is in progress; retry later",
+            ));
+        }
+        let (config, tables) = match &*self.core.borrow() {
+            Core::Ready(intake) => (
+                intake.config().clone(),
+                self.history
+                    .borrow()
+                    .tables
+                    .iter()
+                    .cloned()
+                    .collect::<Vec<_>>(),
+            ),
+            Core::Failed(e) => return Err(e.clone()),
+        };
+        let (epoch, lake) = match (&self.epoch, &self.lake) {
+            (Ok(epoch), Ok(lake)) => (epoch, lake),
+            (Err(e), _) | (_, Err(e)) => return Err(e.clone()),
+        };
+        self.flush_running.set(true);
+        let start = now_ms();
+        let settings = Settings {
+            config: &config,
+            epoch,
+            step_budget_bytes: STEP_BUDGET_BYTES,
+            target_file_bytes: TARGET_FILE_BYTES,
+            time_budget_ms: self.time_budget_ms(),
+        };
+        let mut policy = maintenance::Policy::from_config(&config.maintenance);
+        policy.scan_orphans =
+            trigger == "request" || self.history.borrow().maintenance.orphan_scan_due(start);
+        let report = maintenance::run(lake, &RuntimeEnv, &settings, &policy, &tables).await;
+        let end = now_ms();
+        {
+            let mut history = self.history.borrow_mut();
+            history
+                .maintenance
+                .record(start, end, &report, policy.scan_orphans);
+            if let Some(store) = &self.store {
+                if let Err(e) = store.save_history(&history) {
+                    log(
+                        "warn",
+                        "history_save_failed",
+                        serde_json::json!({"error": e.message()}),
+                    );
+                }
+            }
+        }
+        for (table, r) in &report.tables {
+            log(
+                if r.error.is_none() { "info" } else { "error" },
+                if r.error.is_none() {
+                    "maintained"
+                } else {
+                    "maintenance_failed"
+                },
+                serde_json::json!({"trigger": trigger, "table": table, "report": r}),
+            );
+        }
+        self.flushes_done.set(self.flushes_done.get() + 1);
+        self.flush_running.set(false);
+        self.rearm().await;
+        Ok(report)
     }
 
     /// Sets the alarm to when the schedule wants it, or deletes it when the

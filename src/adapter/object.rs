@@ -269,12 +269,21 @@ impl DurableObject for DoLake {
             ),
             Core::Failed(_) => None,
         };
-        match due {
-            Some(trigger) => {
-                self.flush(trigger).await;
+        let flushed_all = match due {
+            Some(trigger) => self.flush(trigger).await.complete,
+            None => true,
+        };
+        // Maintenance runs only once the buffer's backlog is written.
+        if flushed_all && self.maintenance_due() {
+            if let Err(e) = self.maintain("alarm").await {
+                log(
+                    "warn",
+                    "maintenance_skipped",
+                    serde_json::json!({"error": e.message()}),
+                );
             }
-            None => self.rearm().await,
         }
+        self.rearm().await;
         Response::ok("")
     }
 
@@ -310,13 +319,14 @@ impl DurableObject for DoLake {
             ("/metrics", Method::Get) => self.metrics(),
             ("/health", Method::Get) => self.health(),
             ("/flush", Method::Post) => self.flush_http().await,
+            ("/maintenance", Method::Post) => self.maintenance_http().await,
             ("/cdc", Method::Post) => self.ingest_http(req).await,
             ("/_test/faults", Method::Post) if self.test_hooks => self.set_faults(req).await,
             ("/status" | "/health" | "/metrics", _) => error_response(&Error::new(
                 ErrorKind::MethodNotAllowed,
                 format!("{path} answers GET only"),
             )),
-            ("/flush" | "/cdc", _) => error_response(&Error::new(
+            ("/flush" | "/cdc" | "/maintenance", _) => error_response(&Error::new(
                 ErrorKind::MethodNotAllowed,
                 format!("{path} answers POST only"),
             )),
@@ -978,6 +988,25 @@ impl DoLake {
         json_response(&serde_json::to_value(&result)?, status)
     }
 
+    /// `POST /lakehouse/maintenance`: runs maintenance now; 200 with the
+    /// report when every table went through, 503 otherwise.
+    async fn maintenance_http(&self) -> Result<Response> {
+        match self.maintain("request").await {
+            Ok(report) => {
+                let ok = !report.more && report.tables.values().all(|t| t.error.is_none());
+                json_response(
+                    &serde_json::json!({
+                        "success": ok,
+                        "complete": !report.more,
+                        "tables": report.tables,
+                    }),
+                    if ok { 200 } else { 503 },
+                )
+            }
+            Err(e) => error_response(&e),
+        }
+    }
+
     fn metrics(&self) -> Result<Response> {
         use crate::metrics::{Exposition, Kind};
         let core = self.core.borrow();
@@ -1156,11 +1185,111 @@ impl DoLake {
             "Lagging version-hint.text files rewritten.",
             history.hints_repaired as f64,
         );
+        let m = &history.maintenance;
+        e.single(
+            "maintenance_runs_total",
+            Kind::Counter,
+            "Maintenance runs.",
+            m.runs as f64,
+        )
+        .single(
+            "maintenance_failures_total",
+            Kind::Counter,
+            "Maintenance runs in which a table failed.",
+            m.failures as f64,
+        )
+        .single(
+            "maintenance_files_compacted_total",
+            Kind::Counter,
+            "Data files rewritten by compaction.",
+            m.files_compacted as f64,
+        )
+        .single(
+            "maintenance_snapshots_expired_total",
+            Kind::Counter,
+            "Snapshots expired.",
+            m.snapshots_expired as f64,
+        )
+        .single(
+            "maintenance_files_deleted_total",
+            Kind::Counter,
+            "Objects deleted after expiry and as orphans.",
+            (m.files_deleted + m.orphans_deleted) as f64,
+        );
+        let healths: Vec<(&String, &crate::flush::maintenance::TableHealth)> = m
+            .tables
+            .iter()
+            .filter_map(|(t, r)| Some((t, r.health.as_ref()?)))
+            .collect();
+        let gauge = |f: fn(&crate::flush::maintenance::TableHealth) -> u64| -> Vec<(Vec<(&str, String)>, f64)> {
+            healths
+                .iter()
+                .map(|(t, h)| (vec![("table", (*t).clone())], f(h) as f64))
+                .collect()
+        };
+        e.family(
+            "table_snapshots",
+            Kind::Gauge,
+            "Snapshots in a table's metadata (after its last maintenance).",
+            &gauge(|h| h.snapshots),
+        )
+        .family(
+            "table_manifests",
+            Kind::Gauge,
+            "Manifests in a table's current snapshot.",
+            &gauge(|h| h.manifests),
+        )
+        .family(
+            "table_data_files",
+            Kind::Gauge,
+            "Live data files of a table.",
+            &gauge(|h| h.data_files),
+        )
+        .family(
+            "table_data_bytes",
+            Kind::Gauge,
+            "Bytes of a table's live data files.",
+            &gauge(|h| h.data_bytes),
+        )
+        .family(
+            "table_metadata_bytes",
+            Kind::Gauge,
+            "Size of a table's current metadata.json.",
+            &gauge(|h| h.metadata_bytes),
+        );
         let mut response = Response::ok(e.finish())?;
         response
             .headers_mut()
             .set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")?;
         Ok(response)
+    }
+
+    /// Every table a flush wrote, with its shape after its last maintenance.
+    fn tables_report(&self) -> serde_json::Value {
+        let history = self.history.borrow();
+        let m = &history.maintenance;
+        let tables: serde_json::Map<String, serde_json::Value> = history
+            .tables
+            .iter()
+            .map(|t| {
+                let r = m.tables.get(t);
+                let h = r.and_then(|r| r.health.as_ref());
+                (
+                    t.clone(),
+                    serde_json::json!({
+                        "snapshots": h.map(|h| h.snapshots),
+                        "manifests": h.map(|h| h.manifests),
+                        "dataFiles": h.map(|h| h.data_files),
+                        "dataBytes": h.map(|h| h.data_bytes),
+                        "meanFileBytes": h.map(|h| h.mean_file_bytes()),
+                        "metadataBytes": h.map(|h| h.metadata_bytes),
+                        "lastMaintenanceMs": r.and_then(|r| r.ran_ms),
+                        "lastMaintenance": r,
+                    }),
+                )
+            })
+            .collect();
+        serde_json::Value::Object(tables)
     }
 
     fn health(&self) -> Result<Response> {
@@ -1215,6 +1344,14 @@ impl DoLake {
                     "connections": connections,
                     "lastFlushTime": self.history.borrow().last_success_ms,
                     "nextFlushTime": self.alarm_at.get(),
+                    "tables": self.tables_report(),
+                    "maintenance": {
+                        "nextRunMs": self.history.borrow().maintenance.next_run(&intake.config().maintenance, &self.history.borrow()),
+                        "lastRunMs": self.history.borrow().maintenance.last_run_ms,
+                        "runs": self.history.borrow().maintenance.runs,
+                        "failures": self.history.borrow().maintenance.failures,
+                        "continuing": self.history.borrow().maintenance.continuing,
+                    },
                     "flush": {
                         "running": self.flush_running.get(),
                         "history": serde_json::to_value(&*self.history.borrow()).unwrap_or_default(),

@@ -7,7 +7,7 @@ use worker::{Bucket, Conditional};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::flush::faults::{CommitStep, FaultPlan};
-use crate::flush::ports::{Listed, ObjectStore, Put};
+use crate::flush::ports::{Listed, ObjectStore, Part, Put};
 
 fn lake_error(what: &str, e: impl std::fmt::Display) -> Error {
     Error::new(ErrorKind::Lake, format!("{what}: {e}"))
@@ -132,6 +132,58 @@ impl ObjectStore for Lake {
                 _ => return Ok(out),
             }
         }
+    }
+
+    async fn multipart_start(&self, key: &str) -> Result<String> {
+        let full = self.full_key(key);
+        let upload = self
+            .bucket
+            .create_multipart_upload(full.as_str())
+            .execute()
+            .await
+            .map_err(|e| lake_error(&format!("starting an upload of {full}"), e))?;
+        Ok(upload.upload_id().await)
+    }
+
+    async fn multipart_part(
+        &self,
+        key: &str,
+        upload: &str,
+        number: u16,
+        bytes: Vec<u8>,
+    ) -> Result<Part> {
+        let full = self.full_key(key);
+        let what = format!("uploading part {number} of {full}");
+        let upload = self
+            .bucket
+            .resume_multipart_upload(full.as_str(), upload)
+            .map_err(|e| lake_error(&what, e))?;
+        let part = upload
+            .upload_part(number, bytes)
+            .await
+            .map_err(|e| lake_error(&what, e))?;
+        Ok(Part {
+            number: part.part_number(),
+            etag: part.etag(),
+        })
+    }
+
+    async fn multipart_complete(&self, key: &str, upload: &str, parts: Vec<Part>) -> Result<()> {
+        let full = self.full_key(key);
+        let what = format!("completing the upload of {full}");
+        let upload = self
+            .bucket
+            .resume_multipart_upload(full.as_str(), upload)
+            .map_err(|e| lake_error(&what, e))?;
+        let parts = parts
+            .into_iter()
+            .map(|p| worker::UploadedPart::new(p.number, p.etag))
+            .collect::<Vec<_>>();
+        upload
+            .complete(parts)
+            .await
+            .map(|_| ())
+            .map_err(|e| lake_error(&what, e))
     }
 
     async fn step_done(&self, step: CommitStep) -> Result<()> {

@@ -12,13 +12,13 @@ use crate::config::DoLakeConfig;
 use crate::lake::{TableMetadata, TablePaths, REJECTED_TABLE};
 use crate::protocol::CdcEvent;
 
-const NS: &str = "default";
+pub(super) const NS: &str = "default";
 
 fn config() -> DoLakeConfig {
     DoLakeConfig::parse(Some(r#"{"warehouseLocation":"s3://bucket/lake"}"#)).unwrap()
 }
 
-fn event(table: &str, seq: u64, ts: i64, after: serde_json::Value) -> CdcEvent {
+pub(super) fn event(table: &str, seq: u64, ts: i64, after: serde_json::Value) -> CdcEvent {
     serde_json::from_value(json!({
         "sequence": seq, "timestamp": ts, "operation": "INSERT", "table": table,
         "rowId": format!("r{seq}"), "after": after,
@@ -26,16 +26,16 @@ fn event(table: &str, seq: u64, ts: i64, after: serde_json::Value) -> CdcEvent {
     .unwrap()
 }
 
-struct World {
-    crash: Rc<Crash>,
-    buffer: MemoryBuffer,
-    store: MemoryStore,
-    env: FakeEnv,
-    config: DoLakeConfig,
+pub(super) struct World {
+    pub(super) crash: Rc<Crash>,
+    pub(super) buffer: MemoryBuffer,
+    pub(super) store: MemoryStore,
+    pub(super) env: FakeEnv,
+    pub(super) config: DoLakeConfig,
 }
 
 impl World {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         let crash = Rc::new(Crash::default());
         Self {
             buffer: MemoryBuffer::new(crash.clone()),
@@ -45,7 +45,7 @@ impl World {
             config: config(),
         }
     }
-    fn flush_with(&self, step_budget_bytes: u64, time_budget_ms: i64) -> Outcome {
+    pub(super) fn flush_with(&self, step_budget_bytes: u64, time_budget_ms: i64) -> Outcome {
         let settings = Settings {
             config: &self.config,
             epoch: "e1",
@@ -55,7 +55,7 @@ impl World {
         };
         block_on(run(&self.buffer, &self.store, &self.env, &settings))
     }
-    fn flush(&self) -> Outcome {
+    pub(super) fn flush(&self) -> Outcome {
         self.flush_with(4 << 20, 20_000)
     }
     /// Flushes until the buffer is empty; at most `tries` attempts.
@@ -71,11 +71,11 @@ impl World {
         }
         panic!("not drained in {tries} attempts: {:?}", outcomes.last());
     }
-    fn rows(&self, table: &str) -> Vec<Row> {
+    pub(super) fn rows(&self, table: &str) -> Vec<Row> {
         read_table(&self.store, NS, table).unwrap_or_default()
     }
     /// (source, sequence) of every row of `table`, sorted.
-    fn keys(&self, table: &str) -> Vec<(String, u64)> {
+    pub(super) fn keys(&self, table: &str) -> Vec<(String, u64)> {
         let mut keys: Vec<(String, u64)> = self
             .rows(table)
             .iter()

@@ -14,7 +14,7 @@ use arrow_array::{Array, Decimal128Array, Int64Array, RecordBatch, StringArray};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use super::faults::CommitStep;
-use super::ports::{Buffer, Listed, ObjectStore, Put};
+use super::ports::{Buffer, Listed, ObjectStore, Part, Put};
 use super::procedure::Env;
 use super::{BufferedBatch, LoadedBatch};
 use crate::error::{Error, Result};
@@ -80,6 +80,11 @@ impl MemoryBuffer {
             crash,
             ..Self::default()
         }
+    }
+    /// Makes this buffer hold what `other` holds, row ids included.
+    pub(crate) fn copy_from(&self, other: &MemoryBuffer) {
+        *self.batches.borrow_mut() = other.batches.borrow().clone();
+        self.next.set(other.next.get());
     }
     /// Stores a batch; returns its row id.
     pub(crate) fn push(&self, source: &str, batch_seq: u64, events: Vec<CdcEvent>) -> i64 {
@@ -147,12 +152,17 @@ impl Buffer for MemoryBuffer {
     }
 }
 
+/// A multipart upload in progress: its key and parts.
+type Upload = (String, BTreeMap<u16, Vec<u8>>);
+
 /// The object store in memory; `clock` stamps puts (tests move it).
 #[derive(Debug, Default)]
 pub(crate) struct MemoryStore {
     pub(crate) objects: RefCell<BTreeMap<String, Vec<u8>>>,
     uploaded: RefCell<BTreeMap<String, i64>>,
     pub(crate) clock: Cell<i64>,
+    /// Multipart uploads in progress: id -> (key, parts).
+    uploads: RefCell<BTreeMap<String, Upload>>,
     crash: Rc<Crash>,
 }
 
@@ -165,6 +175,13 @@ impl MemoryStore {
     }
     pub(crate) fn object(&self, key: &str) -> Option<Vec<u8>> {
         self.objects.borrow().get(key).cloned()
+    }
+    /// Makes this store hold exactly what `other` holds (objects and their
+    /// upload times), to replay a scenario from one state.
+    pub(crate) fn copy_from(&self, other: &MemoryStore) {
+        *self.objects.borrow_mut() = other.objects.borrow().clone();
+        *self.uploaded.borrow_mut() = other.uploaded.borrow().clone();
+        self.clock.set(other.clock.get());
     }
     pub(crate) fn insert(&self, key: &str, bytes: Vec<u8>) {
         self.objects.borrow_mut().insert(key.to_string(), bytes);
@@ -214,6 +231,46 @@ impl ObjectStore for MemoryStore {
             })
             .collect())
     }
+    async fn multipart_start(&self, key: &str) -> Result<String> {
+        self.crash.op("multipart_start")?;
+        let mut uploads = self.uploads.borrow_mut();
+        let id = format!("upload-{}", uploads.len());
+        uploads.insert(id.clone(), (key.to_string(), BTreeMap::new()));
+        Ok(id)
+    }
+    async fn multipart_part(
+        &self,
+        key: &str,
+        upload: &str,
+        number: u16,
+        bytes: Vec<u8>,
+    ) -> Result<Part> {
+        self.crash.op("multipart_part")?;
+        let mut uploads = self.uploads.borrow_mut();
+        let Some((k, parts)) = uploads.get_mut(upload).filter(|(k, _)| k == key) else {
+            return Err(crate::error::Error::internal("no such upload"));
+        };
+        let _ = k;
+        parts.insert(number, bytes);
+        Ok(Part {
+            number,
+            etag: format!("{upload}-{number}"),
+        })
+    }
+    async fn multipart_complete(&self, key: &str, upload: &str, parts: Vec<Part>) -> Result<()> {
+        self.crash.op("multipart_complete")?;
+        let Some((k, stored)) = self.uploads.borrow_mut().remove(upload) else {
+            return Err(crate::error::Error::internal("no such upload"));
+        };
+        assert_eq!(k, key, "the upload belongs to another key");
+        let mut bytes = Vec::new();
+        for (i, p) in parts.iter().enumerate() {
+            assert_eq!(usize::from(p.number), i + 1, "parts out of order");
+            bytes.extend_from_slice(&stored[&p.number]);
+        }
+        self.insert(key, bytes);
+        Ok(())
+    }
     async fn step_done(&self, _step: CommitStep) -> Result<()> {
         self.crash.op("step")
     }
@@ -234,6 +291,14 @@ impl FakeEnv {
             tick,
             ids: Cell::new(0),
         }
+    }
+}
+
+impl FakeEnv {
+    /// The same clock and id counter as `other`.
+    pub(crate) fn copy_from(&self, other: &FakeEnv) {
+        self.now.set(other.now.get());
+        self.ids.set(other.ids.get());
     }
 }
 

@@ -18,6 +18,7 @@
 //! must still be committed.
 
 pub mod faults;
+pub mod maintenance;
 #[cfg(test)]
 pub(crate) mod memory;
 pub mod ports;
@@ -117,6 +118,103 @@ pub struct FlushHistory {
     /// Tables DoLake cannot extend (their events are dead-lettered), with
     /// the reason, as last seen.
     pub unwritable_tables: BTreeMap<String, String>,
+    /// Every table a flush committed to: the tables maintenance keeps.
+    pub tables: std::collections::BTreeSet<String>,
+    /// Table maintenance.
+    pub maintenance: MaintenanceHistory,
+}
+
+/// Orphan cleanup reads every live snapshot's manifest list: once a day.
+pub const ORPHAN_SCAN_INTERVAL_MS: i64 = 24 * 3_600_000;
+
+/// Table maintenance as it went, persisted with the flush history.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct MaintenanceHistory {
+    /// Start of the last run, Unix ms.
+    pub last_run_ms: Option<i64>,
+    /// Runs.
+    pub runs: u64,
+    /// Runs in which a table's maintenance failed.
+    pub failures: u64,
+    /// The last run stopped at its time budget: the next goes on at once.
+    pub continuing: bool,
+    /// Wall time of the last run, ms.
+    pub last_duration_ms: u64,
+    /// Totals over every run.
+    pub files_compacted: u64,
+    /// Manifests merged away, over every run.
+    pub manifests_merged: u64,
+    /// Snapshots expired, over every run.
+    pub snapshots_expired: u64,
+    /// Objects deleted after expiry, over every run.
+    pub files_deleted: u64,
+    /// Orphans deleted, over every run.
+    pub orphans_deleted: u64,
+    /// Start of the last run that looked for orphans, Unix ms.
+    pub last_orphan_scan_ms: Option<i64>,
+    /// Each table as its last maintenance left it.
+    pub tables: BTreeMap<String, maintenance::TableReport>,
+}
+
+impl MaintenanceHistory {
+    /// Records a run that started at `start` and ended at `end`.
+    pub fn record(
+        &mut self,
+        start: i64,
+        end: i64,
+        report: &maintenance::Report,
+        scanned_orphans: bool,
+    ) {
+        self.last_run_ms = Some(start);
+        if scanned_orphans && !report.more {
+            self.last_orphan_scan_ms = Some(start);
+        }
+        self.runs += 1;
+        self.continuing = report.more;
+        self.last_duration_ms = (end - start).max(0) as u64;
+        if report.tables.values().any(|t| t.error.is_some()) {
+            self.failures += 1;
+        }
+        for (table, r) in &report.tables {
+            self.files_compacted += r.files_compacted;
+            self.manifests_merged += r.manifests_merged;
+            self.snapshots_expired += r.snapshots_expired;
+            self.files_deleted += r.files_deleted;
+            self.orphans_deleted += r.orphans_deleted;
+            let mut r = r.clone();
+            r.ran_ms = Some(start);
+            if r.health.is_none() {
+                // Keep the last known shape of a table that failed now.
+                r.health = self.tables.get(table).and_then(|t| t.health.clone());
+            }
+            self.tables.insert(table.clone(), r);
+        }
+    }
+
+    /// Whether a run at `now` looks for orphans: once a day.
+    pub fn orphan_scan_due(&self, now: i64) -> bool {
+        self.last_orphan_scan_ms
+            .is_none_or(|at| now - at >= ORPHAN_SCAN_INTERVAL_MS)
+    }
+
+    /// When maintenance is due next under `config` (`None`: never), given
+    /// the tables known and the last flush.
+    pub fn next_run(
+        &self,
+        config: &crate::config::MaintenanceConfig,
+        history: &FlushHistory,
+    ) -> Option<i64> {
+        if !config.enabled || history.tables.is_empty() {
+            return None;
+        }
+        let interval = i64::try_from(config.interval_ms).unwrap_or(i64::MAX / 4);
+        if self.continuing {
+            return Some(self.last_run_ms.unwrap_or(0));
+        }
+        let from = self.last_run_ms.or(history.last_success_ms)?;
+        Some(from.saturating_add(interval))
+    }
 }
 
 impl FlushHistory {
@@ -131,6 +229,7 @@ impl FlushHistory {
         self.last_duration_ms = (end - start).max(0) as u64;
         self.unwritable_tables
             .extend(outcome.unwritable_tables.clone());
+        self.tables.extend(outcome.committed_tables.iter().cloned());
         match &outcome.error {
             None => {
                 self.continuing = outcome.more;
@@ -362,5 +461,7 @@ pub fn parse_payload(payload: &str) -> Result<Vec<CdcEvent>> {
 
 #[cfg(test)]
 mod crash_tests;
+#[cfg(test)]
+mod maintenance_tests;
 #[cfg(test)]
 mod tests;

@@ -39,6 +39,15 @@ pub struct Listed {
     pub uploaded_ms: i64,
 }
 
+/// A part of a multipart upload, as the store acknowledged it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Part {
+    /// 1-based part number.
+    pub number: u16,
+    /// The store's tag for the part.
+    pub etag: String,
+}
+
 /// An object store with conditional put (R2), keys relative to the lake's
 /// base path.
 #[allow(async_fn_in_trait)] // Single-threaded (WASM and the native fakes): no Send bound wanted.
@@ -53,6 +62,19 @@ pub trait ObjectStore {
     async fn delete(&self, key: &str) -> Result<()>;
     /// Every object whose key starts with `prefix`, with its upload time.
     async fn list(&self, prefix: &str) -> Result<Vec<Listed>>;
+    /// Starts a multipart upload of `key`; its upload id.
+    async fn multipart_start(&self, key: &str) -> Result<String>;
+    /// Uploads part `number` (1-based; every part but the last at least
+    /// 5 MiB on R2).
+    async fn multipart_part(
+        &self,
+        key: &str,
+        upload: &str,
+        number: u16,
+        bytes: Vec<u8>,
+    ) -> Result<Part>;
+    /// Completes the upload: the object is the parts in order.
+    async fn multipart_complete(&self, key: &str, upload: &str, parts: Vec<Part>) -> Result<()>;
     /// Called when a step of a commit is done (tests pause or crash here).
     async fn step_done(&self, _step: CommitStep) -> Result<()> {
         Ok(())

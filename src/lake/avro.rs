@@ -16,6 +16,7 @@ use apache_avro::types::Value as Avro;
 use apache_avro::writer::datum::GenericDatumWriter;
 use serde_json::{json, Value};
 
+use super::manifest::ManifestEntry;
 use super::metadata::{PartitionSpec, Schema};
 use crate::error::{Error, ErrorKind, Result};
 
@@ -392,7 +393,8 @@ fn manifest_file_value(m: &ManifestFile) -> Avro {
     ])
 }
 
-fn data_file_entry_value(spec: &PartitionSpec, snapshot_id: i64, f: &DataFile) -> Avro {
+pub(super) fn data_file_entry_value(spec: &PartitionSpec, entry: &ManifestEntry) -> Avro {
+    let f = &entry.file;
     let partition = spec
         .fields
         .iter()
@@ -428,12 +430,19 @@ fn data_file_entry_value(spec: &PartitionSpec, snapshot_id: i64, f: &DataFile) -
         ("sort_order_id".into(), some(Avro::Int(0))),
     ]);
     Avro::Record(vec![
-        // ADDED, with the snapshot id; sequence numbers are inherited from
-        // the manifest list entry, so they are written as null.
-        ("status".into(), Avro::Int(1)),
-        ("snapshot_id".into(), some(Avro::Long(snapshot_id))),
-        ("sequence_number".into(), none()),
-        ("file_sequence_number".into(), none()),
+        ("status".into(), Avro::Int(entry.status as i32)),
+        (
+            "snapshot_id".into(),
+            opt_value(entry.snapshot_id, Avro::Long),
+        ),
+        (
+            "sequence_number".into(),
+            opt_value(entry.sequence_number, Avro::Long),
+        ),
+        (
+            "file_sequence_number".into(),
+            opt_value(entry.file_sequence_number, Avro::Long),
+        ),
         ("data_file".into(), data_file),
     ])
 }
@@ -506,7 +515,7 @@ fn container(
 }
 
 /// Encodes a data manifest of `files`, all ADDED by `snapshot_id` with
-/// `schema` and `spec`.
+/// `schema` and `spec` (sequence numbers inherited from the manifest list).
 pub fn write_manifest(
     schema: &Schema,
     spec: &PartitionSpec,
@@ -514,9 +523,24 @@ pub fn write_manifest(
     files: &[DataFile],
     sync: [u8; 16],
 ) -> Result<Vec<u8>> {
-    let values: Vec<Avro> = files
+    let entries: Vec<ManifestEntry> = files
         .iter()
-        .map(|f| data_file_entry_value(spec, snapshot_id, f))
+        .map(|f| ManifestEntry::added(snapshot_id, f.clone()))
+        .collect();
+    write_manifest_entries(schema, spec, &entries, sync)
+}
+
+/// Encodes a data manifest of `entries` (any status) with `schema` and
+/// `spec`.
+pub fn write_manifest_entries(
+    schema: &Schema,
+    spec: &PartitionSpec,
+    entries: &[ManifestEntry],
+    sync: [u8; 16],
+) -> Result<Vec<u8>> {
+    let values: Vec<Avro> = entries
+        .iter()
+        .map(|e| data_file_entry_value(spec, e))
         .collect();
     let metadata = [
         ("schema", schema.to_json_string()),
@@ -574,17 +598,17 @@ fn bad_list(msg: impl Into<String>) -> Error {
     )
 }
 
-fn unwrap_union(v: &Avro) -> &Avro {
+pub(super) fn unwrap_union(v: &Avro) -> &Avro {
     match v {
         Avro::Union(_, inner) => inner,
         other => other,
     }
 }
 
-struct Rec<'a>(&'a [(String, Avro)]);
+pub(super) struct Rec<'a>(pub(super) &'a [(String, Avro)]);
 
 impl<'a> Rec<'a> {
-    fn get(&self, names: &[&str]) -> Option<&'a Avro> {
+    pub(super) fn get(&self, names: &[&str]) -> Option<&'a Avro> {
         names.iter().find_map(|n| {
             self.0
                 .iter()
@@ -592,7 +616,7 @@ impl<'a> Rec<'a> {
                 .map(|(_, v)| unwrap_union(v))
         })
     }
-    fn long(&self, names: &[&str]) -> Result<i64> {
+    pub(super) fn long(&self, names: &[&str]) -> Result<i64> {
         match self.get(names) {
             Some(Avro::Long(v)) => Ok(*v),
             Some(Avro::Int(v)) => Ok(i64::from(*v)),
@@ -602,7 +626,7 @@ impl<'a> Rec<'a> {
             ))),
         }
     }
-    fn int(&self, names: &[&str]) -> Result<i32> {
+    pub(super) fn int(&self, names: &[&str]) -> Result<i32> {
         let v = self.long(names)?;
         i32::try_from(v).map_err(|_| bad_list(format!("field `{}` out of range", names[0])))
     }
@@ -612,7 +636,7 @@ impl<'a> Rec<'a> {
             _ => self.long(names),
         }
     }
-    fn bytes(&self, name: &str) -> Option<Vec<u8>> {
+    pub(super) fn bytes(&self, name: &str) -> Option<Vec<u8>> {
         match self.get(&[name]) {
             Some(Avro::Bytes(b)) => Some(b.clone()),
             _ => None,

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use uuid::Uuid;
 
-use super::avro::{write_manifest, write_manifest_list, DataFile, FieldSummary, ManifestFile};
+use super::avro::{write_manifest, write_manifest_list, DataFile, ManifestFile};
 use super::changelog::{evolve_within, ChangeEvent, RowLayout, TS};
 use super::limits::schema_room;
 use super::metadata::{
@@ -652,21 +652,7 @@ pub(crate) fn finish(
     let manifest_path = format!("{location}/metadata/{}-m0.avro", ids.commit_uuid);
     let manifest = write_manifest(schema, &spec, ids.snapshot_id, &data_files, sync)?;
     let added_rows: i64 = data_files.iter().map(|f| f.record_count).sum();
-    let partitions = spec
-        .fields
-        .iter()
-        .enumerate()
-        .map(|(i, _)| {
-            let values: Vec<Option<i32>> = data_files.iter().map(|f| f.partition[i]).collect();
-            let present = values.iter().flatten();
-            FieldSummary {
-                contains_null: values.iter().any(Option::is_none),
-                contains_nan: Some(false),
-                lower_bound: present.clone().min().map(|v| v.to_le_bytes().to_vec()),
-                upper_bound: present.max().map(|v| v.to_le_bytes().to_vec()),
-            }
-        })
-        .collect();
+    let partitions = super::rewrite::partition_summaries(&spec, data_files.iter());
     let new_manifest = ManifestFile {
         manifest_path: manifest_path.clone(),
         manifest_length: manifest.len() as i64,

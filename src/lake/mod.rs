@@ -16,6 +16,9 @@
 //! - [`table`]: object keys of a table, name validation, loading its state.
 //! - [`commit`]: planning a commit; snapshot summaries and watermarks.
 //! - [`expire`]: snapshot expiry, which keeps a table's metadata bounded.
+//! - [`manifest`]: manifest entries (added, existing, deleted) and their reader.
+//! - [`rewrite`]: `replace` snapshots: manifest merging and compaction
+//!   commits, which never change rows.
 //! - [`limits`]: what the lake can write: [`check_event`], the rule intake
 //!   applies to every event before acknowledging it, and the bounds on a
 //!   table's width the writer keeps by itself.
@@ -28,11 +31,14 @@
 pub mod avro;
 pub mod changelog;
 pub mod commit;
+pub mod compact;
 pub mod expire;
 pub mod limits;
+pub mod manifest;
 pub mod metadata;
 pub mod parquet;
 pub mod rejected;
+pub mod rewrite;
 pub mod stats;
 pub mod table;
 
@@ -45,8 +51,10 @@ pub use commit::{
 };
 pub use expire::{plan_expire, ExpirePolicy, Expiry};
 pub use limits::{check_change_event, check_event, check_metadata};
+pub use manifest::{read_manifest, EntryStatus, ManifestEntry};
 pub use metadata::{parse_version_hint, TableMetadata};
 pub use rejected::{plan_rejected_commit, RejectedEvent, REJECTED_TABLE};
+pub use rewrite::{plan_replace, MergePolicy, Replace, ReplaceKind};
 pub use table::{validate_key_segment, validate_name, TablePaths, TableState};
 
 #[cfg(test)]

@@ -105,7 +105,7 @@ pub fn arrow_schema(schema: &Schema) -> Result<(Arc<ArrowSchema>, Vec<usize>)> {
     Ok((Arc::new(ArrowSchema::new(fields)), indices))
 }
 
-fn properties(s: &ParquetSettings) -> WriterProperties {
+pub(crate) fn properties(s: &ParquetSettings) -> WriterProperties {
     let codec = match s.compression {
         Compression::None => Codec::UNCOMPRESSED,
         Compression::Snappy => Codec::SNAPPY,

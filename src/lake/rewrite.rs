@@ -1,0 +1,528 @@
+//! `replace` snapshots: commits that reorganise a table without changing
+//! its rows (Iceberg's `RewriteManifests` and `RewriteFiles`).
+//!
+//! Two kinds of maintenance commit through [`plan_replace`]:
+//! - **manifest merging** ([`merge_bins`]): many small manifests of the
+//!   current snapshot become a few, their live entries carried as EXISTING;
+//! - **compaction**: small data files of a partition become one file; the
+//!   manifests that list them are rewritten with the old files DELETED, the
+//!   other files EXISTING and the new file ADDED.
+//!
+//! The new snapshot has `operation: replace`, the parent's buffer marks
+//! (so the flush's exactly-once marks survive, see `flush/mod.rs`), and the
+//! planner refuses any plan whose live rows differ from the parent's: a
+//! replace never changes what a reader sees.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::avro::{
+    write_manifest_entries, write_manifest_list, DataFile, FieldSummary, ManifestFile,
+};
+use super::commit::{
+    Commit, CommitIds, ObjectKind, PutObject, METADATA_LOG_MAX, SUMMARY_MARK_PREFIX,
+};
+use super::manifest::{EntryStatus, ManifestEntry};
+use super::metadata::{
+    MetadataLogEntry, PartitionSpec, Snapshot, SnapshotLogEntry, SnapshotRef, TableMetadata,
+};
+use super::table::{TablePaths, TableState};
+use crate::error::{Error, ErrorKind, Result};
+
+/// Summary key naming the maintenance kind of a `replace` snapshot.
+pub const SUMMARY_MAINTENANCE: &str = "dolake.maintenance";
+
+/// The kind of a replace commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplaceKind {
+    /// Manifests merged; no data file changes.
+    MergeManifests,
+    /// Data files rewritten into fewer files.
+    Compaction,
+}
+
+impl ReplaceKind {
+    fn name(self) -> &'static str {
+        match self {
+            Self::MergeManifests => "merge-manifests",
+            Self::Compaction => "compaction",
+        }
+    }
+}
+
+/// A manifest the replace writes: its spec and entries.
+#[derive(Debug, Clone)]
+pub struct NewManifest {
+    /// The partition spec id of every entry.
+    pub spec_id: i32,
+    /// The entries, any status.
+    pub entries: Vec<ManifestEntry>,
+}
+
+/// What a replace commit changes in the current snapshot.
+#[derive(Debug, Clone)]
+pub struct Replace {
+    /// Merge or compaction.
+    pub kind: ReplaceKind,
+    /// Paths (`manifest_path`) of the current manifests this replaces.
+    pub replaced: BTreeSet<String>,
+    /// The manifests that take their place.
+    pub manifests: Vec<NewManifest>,
+    /// Data files already uploaded by the caller (compaction), as puts are
+    /// not part of this plan: their total size, for the summary.
+    pub added_bytes: u64,
+}
+
+/// Partition summaries of `files` under `spec` (manifest list field 507).
+pub(crate) fn partition_summaries<'a>(
+    spec: &PartitionSpec,
+    files: impl Iterator<Item = &'a DataFile> + Clone,
+) -> Vec<FieldSummary> {
+    (0..spec.fields.len())
+        .map(|i| {
+            let values = files.clone().map(|f| f.partition.get(i).copied().flatten());
+            let present = values.clone().flatten();
+            FieldSummary {
+                contains_null: values.clone().any(|v| v.is_none()),
+                contains_nan: Some(false),
+                lower_bound: present.clone().min().map(|v| v.to_le_bytes().to_vec()),
+                upper_bound: present.max().map(|v| v.to_le_bytes().to_vec()),
+            }
+        })
+        .collect()
+}
+
+fn lake_error(msg: impl Into<String>) -> Error {
+    Error::new(ErrorKind::Lake, msg.into())
+}
+
+fn live_rows(manifests: &[ManifestFile]) -> i64 {
+    manifests
+        .iter()
+        .filter(|m| m.content == 0)
+        .map(|m| m.added_rows_count + m.existing_rows_count)
+        .sum()
+}
+
+/// Plans the replace snapshot of `replace` on `state` (table `paths`): the
+/// new manifests, the manifest list and the metadata, in put order. Errors
+/// when a replaced manifest is not in the current snapshot, or when the live
+/// rows would change.
+pub fn plan_replace(
+    state: &TableState,
+    paths: &TablePaths,
+    ids: &CommitIds,
+    replace: Replace,
+) -> Result<Commit> {
+    let base = &state.metadata;
+    let parent = base
+        .current_snapshot()
+        .ok_or_else(|| lake_error("a table without a snapshot has nothing to rewrite"))?;
+    if base.snapshot(ids.snapshot_id).is_some() || ids.snapshot_id <= 0 {
+        return Err(Error::internal(format!(
+            "snapshot id {} is not new and positive",
+            ids.snapshot_id
+        )));
+    }
+    let current: BTreeSet<&str> = state
+        .manifests
+        .iter()
+        .map(|m| m.manifest_path.as_str())
+        .collect();
+    if let Some(missing) = replace
+        .replaced
+        .iter()
+        .find(|p| !current.contains(p.as_str()))
+    {
+        return Err(lake_error(format!(
+            "manifest {missing} is not in the current snapshot"
+        )));
+    }
+    let location = base.location.trim_end_matches('/').to_string();
+    let key_of = |loc: &str| {
+        paths
+            .key_for_location(&location, loc)
+            .ok_or_else(|| Error::internal(format!("{loc} is outside the table")))
+    };
+    let sequence_number = base.last_sequence_number + 1;
+    let sync = *ids.commit_uuid.as_bytes();
+    let schema = base
+        .current_schema()
+        .ok_or_else(|| lake_error("the table has no current schema"))?;
+
+    let mut puts = Vec::new();
+    let mut written = Vec::new();
+    let (mut added_files, mut deleted_files, mut added_rows, mut deleted_rows) =
+        (0_u64, 0_u64, 0_i64, 0_i64);
+    let mut removed_bytes = 0_u64;
+    for (i, m) in replace.manifests.iter().enumerate() {
+        if m.entries.is_empty() {
+            continue;
+        }
+        let spec = base
+            .partition_specs
+            .iter()
+            .find(|s| s.spec_id == m.spec_id)
+            .ok_or_else(|| {
+                lake_error(format!("partition spec {} is not in the table", m.spec_id))
+            })?;
+        let path = format!("{location}/metadata/{}-m{i}.avro", ids.commit_uuid);
+        let bytes = write_manifest_entries(schema, spec, &m.entries, sync)?;
+        let count = |s: EntryStatus| m.entries.iter().filter(|e| e.status == s).count();
+        let rows = |s: EntryStatus| -> i64 {
+            m.entries
+                .iter()
+                .filter(|e| e.status == s)
+                .map(|e| e.file.record_count)
+                .sum()
+        };
+        let as_i32 = |n: usize| {
+            i32::try_from(n).map_err(|_| Error::internal("too many files in one manifest"))
+        };
+        added_files += count(EntryStatus::Added) as u64;
+        deleted_files += count(EntryStatus::Deleted) as u64;
+        added_rows += rows(EntryStatus::Added);
+        deleted_rows += rows(EntryStatus::Deleted);
+        removed_bytes += m
+            .entries
+            .iter()
+            .filter(|e| e.status == EntryStatus::Deleted)
+            .map(|e| e.file.file_size_in_bytes as u64)
+            .sum::<u64>();
+        let min_sequence_number = m
+            .entries
+            .iter()
+            .filter(|e| e.status.is_live())
+            .map(|e| e.sequence_number.unwrap_or(sequence_number))
+            .min()
+            .unwrap_or(sequence_number);
+        written.push(ManifestFile {
+            manifest_path: path.clone(),
+            manifest_length: bytes.len() as i64,
+            partition_spec_id: m.spec_id,
+            content: 0,
+            sequence_number,
+            min_sequence_number,
+            added_snapshot_id: ids.snapshot_id,
+            added_files_count: as_i32(count(EntryStatus::Added))?,
+            existing_files_count: as_i32(count(EntryStatus::Existing))?,
+            deleted_files_count: as_i32(count(EntryStatus::Deleted))?,
+            added_rows_count: rows(EntryStatus::Added),
+            existing_rows_count: rows(EntryStatus::Existing),
+            deleted_rows_count: rows(EntryStatus::Deleted),
+            partitions: Some(partition_summaries(spec, m.entries.iter().map(|e| &e.file))),
+            key_metadata: None,
+        });
+        puts.push(PutObject {
+            key: key_of(&path)?,
+            bytes,
+            kind: ObjectKind::Manifest,
+        });
+    }
+    let kept: Vec<ManifestFile> = state
+        .manifests
+        .iter()
+        .filter(|m| !replace.replaced.contains(&m.manifest_path))
+        .cloned()
+        .collect();
+    let kept_count = kept.len();
+    let mut manifests = written;
+    let created = manifests.len();
+    manifests.extend(kept);
+    if live_rows(&manifests) != live_rows(&state.manifests) || added_rows != deleted_rows {
+        return Err(Error::internal(format!(
+            "a {} must not change the rows: {} live rows before, {} after",
+            replace.kind.name(),
+            live_rows(&state.manifests),
+            live_rows(&manifests)
+        )));
+    }
+
+    let list_path = format!(
+        "{location}/metadata/snap-{}-1-{}.avro",
+        ids.snapshot_id, ids.commit_uuid
+    );
+    let list = write_manifest_list(
+        ids.snapshot_id,
+        Some(parent.snapshot_id),
+        sequence_number,
+        &manifests,
+        sync,
+    )?;
+    puts.push(PutObject {
+        key: key_of(&list_path)?,
+        bytes: list,
+        kind: ObjectKind::ManifestList,
+    });
+
+    // Summary: totals carried, the parent's marks carried.
+    let prev = |k: &str| -> u64 {
+        parent
+            .summary
+            .get(k)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    let mut summary: BTreeMap<String, String> = parent
+        .summary
+        .iter()
+        .filter(|(k, _)| k.starts_with(SUMMARY_MARK_PREFIX))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let mut put = |k: &str, v: u64| {
+        summary.insert(k.to_string(), v.to_string());
+    };
+    put("added-data-files", added_files);
+    put("deleted-data-files", deleted_files);
+    put("added-records", added_rows as u64);
+    put("deleted-records", deleted_rows as u64);
+    put("added-files-size", replace.added_bytes);
+    put("removed-files-size", removed_bytes);
+    put("manifests-created", created as u64);
+    put("manifests-replaced", replace.replaced.len() as u64);
+    put("manifests-kept", kept_count as u64);
+    put("total-records", prev("total-records"));
+    put(
+        "total-data-files",
+        (prev("total-data-files") + added_files).saturating_sub(deleted_files),
+    );
+    put(
+        "total-files-size",
+        (prev("total-files-size") + replace.added_bytes).saturating_sub(removed_bytes),
+    );
+    for k in [
+        "total-delete-files",
+        "total-position-deletes",
+        "total-equality-deletes",
+    ] {
+        put(k, prev(k));
+    }
+    summary.insert("operation".to_string(), "replace".to_string());
+    summary.insert(
+        SUMMARY_MAINTENANCE.to_string(),
+        replace.kind.name().to_string(),
+    );
+
+    let (metadata, metadata_puts, metadata_key) = next_metadata(
+        state,
+        paths,
+        Snapshot {
+            snapshot_id: ids.snapshot_id,
+            parent_snapshot_id: Some(parent.snapshot_id),
+            sequence_number,
+            timestamp_ms: ids.now_ms.max(base.last_updated_ms),
+            manifest_list: list_path,
+            summary,
+            schema_id: Some(base.current_schema_id),
+            extra: BTreeMap::new(),
+        },
+    );
+    puts.extend(metadata_puts);
+    Ok(Commit {
+        puts,
+        state: TableState {
+            version: state.version + 1,
+            metadata,
+            manifests,
+        },
+        snapshot_id: ids.snapshot_id,
+        metadata_key,
+        rows: 0,
+        data_files: added_files as usize,
+        data_bytes: replace.added_bytes,
+        overflow: BTreeMap::new(),
+        added_columns: Vec::new(),
+        sources: BTreeMap::new(),
+    })
+}
+
+/// The next metadata version of `state` with `snapshot` as the new current
+/// snapshot of `main`: the metadata, its puts (metadata file, then the hint)
+/// and its key.
+fn next_metadata(
+    state: &TableState,
+    paths: &TablePaths,
+    snapshot: Snapshot,
+) -> (TableMetadata, Vec<PutObject>, String) {
+    let base = &state.metadata;
+    let location = base.location.trim_end_matches('/');
+    let version = state.version + 1;
+    let mut metadata = base.clone();
+    metadata.metadata_log.push(MetadataLogEntry {
+        timestamp_ms: base.last_updated_ms,
+        metadata_file: format!("{location}/metadata/v{}.metadata.json", state.version),
+    });
+    let excess = metadata.metadata_log.len().saturating_sub(METADATA_LOG_MAX);
+    metadata.metadata_log.drain(..excess);
+    metadata.last_sequence_number = snapshot.sequence_number;
+    metadata.last_updated_ms = snapshot.timestamp_ms;
+    metadata.current_snapshot_id = Some(snapshot.snapshot_id);
+    metadata.snapshot_log.push(SnapshotLogEntry {
+        timestamp_ms: snapshot.timestamp_ms,
+        snapshot_id: snapshot.snapshot_id,
+    });
+    metadata.refs.insert(
+        "main".to_string(),
+        SnapshotRef {
+            snapshot_id: snapshot.snapshot_id,
+            kind: "branch".to_string(),
+            extra: BTreeMap::new(),
+        },
+    );
+    metadata.snapshots.push(snapshot);
+    let metadata_key = paths.metadata_key(version);
+    let puts = vec![
+        PutObject {
+            key: metadata_key.clone(),
+            bytes: metadata.to_json(),
+            kind: ObjectKind::Metadata,
+        },
+        PutObject {
+            key: paths.version_hint_key(),
+            bytes: version.to_string().into_bytes(),
+            kind: ObjectKind::VersionHint,
+        },
+    ];
+    (metadata, puts, metadata_key)
+}
+
+/// Manifest merging policy (Iceberg's `commit.manifest-merge.*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MergePolicy {
+    /// Merge only when the current snapshot lists more than this many data
+    /// manifests (Iceberg's `min-count-to-merge`, default 100).
+    pub min_count_to_merge: usize,
+    /// Manifests at or above this size are left alone; merged manifests are
+    /// filled up to about this size (`target-size-bytes`, default 8 MiB).
+    pub target_manifest_bytes: u64,
+}
+
+impl Default for MergePolicy {
+    fn default() -> Self {
+        Self {
+            min_count_to_merge: 100,
+            target_manifest_bytes: 8 * 1024 * 1024,
+        }
+    }
+}
+
+/// The groups of current data manifests to merge, each group into one new
+/// manifest: `None` unless the snapshot lists more than
+/// [`MergePolicy::min_count_to_merge`] data manifests. Only manifests smaller
+/// than the target and of the same spec are grouped, up to the target size
+/// each, newest first (as listed); groups of one are left alone.
+pub fn merge_bins(state: &TableState, policy: &MergePolicy) -> Option<Vec<Vec<ManifestFile>>> {
+    let data: Vec<&ManifestFile> = state.manifests.iter().filter(|m| m.content == 0).collect();
+    if data.len() <= policy.min_count_to_merge {
+        return None;
+    }
+    let mut by_spec: BTreeMap<i32, Vec<Vec<ManifestFile>>> = BTreeMap::new();
+    let mut size: BTreeMap<i32, u64> = BTreeMap::new();
+    for m in data {
+        let len = m.manifest_length.max(0) as u64;
+        if len >= policy.target_manifest_bytes {
+            continue;
+        }
+        let bins = by_spec.entry(m.partition_spec_id).or_default();
+        let used = size.entry(m.partition_spec_id).or_default();
+        if bins.is_empty() || *used + len > policy.target_manifest_bytes {
+            bins.push(Vec::new());
+            *used = 0;
+        }
+        *used += len;
+        bins.last_mut().expect("pushed above").push(m.clone());
+    }
+    let bins: Vec<Vec<ManifestFile>> = by_spec
+        .into_values()
+        .flatten()
+        .filter(|b| b.len() > 1)
+        .collect();
+    (!bins.is_empty()).then_some(bins)
+}
+
+/// The replace that merges `bins` (from [`merge_bins`]) given each
+/// manifest's entries (read with `read_manifest`): one new manifest per bin
+/// with the live entries as EXISTING; DELETED entries are dropped.
+pub fn merge_replace(
+    bins: &[Vec<ManifestFile>],
+    entries: &BTreeMap<String, Vec<ManifestEntry>>,
+) -> Result<Replace> {
+    let mut replaced = BTreeSet::new();
+    let mut manifests = Vec::new();
+    for bin in bins {
+        let mut out = Vec::new();
+        for m in bin {
+            let listed = entries.get(&m.manifest_path).ok_or_else(|| {
+                Error::internal(format!("entries of {} not read", m.manifest_path))
+            })?;
+            out.extend(
+                listed
+                    .iter()
+                    .filter(|e| e.status.is_live())
+                    .map(ManifestEntry::existing),
+            );
+            replaced.insert(m.manifest_path.clone());
+        }
+        manifests.push(NewManifest {
+            spec_id: bin[0].partition_spec_id,
+            entries: out,
+        });
+    }
+    Ok(Replace {
+        kind: ReplaceKind::MergeManifests,
+        replaced,
+        manifests,
+        added_bytes: 0,
+    })
+}
+
+/// The replace of a compaction: the data files `removed` (paths) become
+/// `added`, written with spec `spec_id`. `entries` holds the entries of every
+/// current manifest listing a removed file; those manifests are rewritten
+/// into one, with the removed files DELETED, the others EXISTING and the new
+/// file ADDED.
+pub fn compaction_replace(
+    snapshot_id: i64,
+    spec_id: i32,
+    removed: &BTreeSet<String>,
+    added: Vec<DataFile>,
+    entries: &BTreeMap<String, Vec<ManifestEntry>>,
+) -> Result<Replace> {
+    let mut out = Vec::new();
+    let mut replaced = BTreeSet::new();
+    let mut found = BTreeSet::new();
+    for (path, listed) in entries {
+        if !listed
+            .iter()
+            .any(|e| e.status.is_live() && removed.contains(&e.file.file_path))
+        {
+            continue;
+        }
+        replaced.insert(path.clone());
+        for e in listed.iter().filter(|e| e.status.is_live()) {
+            if removed.contains(&e.file.file_path) {
+                found.insert(e.file.file_path.clone());
+                out.push(e.deleted(snapshot_id));
+            } else {
+                out.push(e.existing());
+            }
+        }
+    }
+    if found.len() != removed.len() {
+        return Err(lake_error("a file to compact is no longer in the table"));
+    }
+    let added_bytes = added.iter().map(|f| f.file_size_in_bytes as u64).sum();
+    out.extend(
+        added
+            .into_iter()
+            .map(|f| ManifestEntry::added(snapshot_id, f)),
+    );
+    Ok(Replace {
+        kind: ReplaceKind::Compaction,
+        replaced,
+        manifests: vec![NewManifest {
+            spec_id,
+            entries: out,
+        }],
+        added_bytes,
+    })
+}
