@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use serde_json::json;
 
 use super::crash_tests::{event, World, NS};
-use super::maintenance::{run, Policy, Report, MIN_PART_BYTES};
+use super::maintenance::{run, Policy, Report};
 use super::memory::block_on;
 use super::procedure::Settings;
 use crate::lake::compact::CompactPolicy;
@@ -35,28 +35,46 @@ fn policy() -> Policy {
             target_file_bytes: 1 << 20,
         }),
         orphan_min_age_ms: 60_000,
-        part_bytes: MIN_PART_BYTES,
+        // Tiny parts: compaction uploads every output in several.
+        part_bytes: 256,
         max_compactions: 4,
         scan_orphans: true,
     }
 }
 
-/// `commits` flushes 30 s apart, each a batch of 3 events into both tables.
+/// A world whose flushes write tiny row groups (so that compaction streams
+/// several and takes multipart parts).
+fn world() -> World {
+    let mut w = World::new();
+    w.config = crate::config::DoLakeConfig::parse(Some(
+        r#"{"warehouseLocation":"s3://bucket/lake","parquetRowGroupSize":2}"#,
+    ))
+    .unwrap();
+    w
+}
+
+/// `commits` flushes 30 s apart, each a batch of 3 events into both tables;
+/// from the 8th on, rows carry a new column (schema evolution); events span
+/// two days (two partitions); some values are null.
 fn history(w: &World, commits: u64) {
+    let first = (w.rows("users").len() + w.rows("orders").len() + 3 * w.buffer.len()) as u64;
     for c in 0..commits {
         let events = (0..3)
             .map(|i| {
-                let seq = c * 3 + i + 1;
+                let seq = first + c * 3 + i + 1;
                 let table = TABLES[(seq % 2) as usize];
-                event(
-                    table,
-                    seq,
-                    T0 + seq as i64,
-                    json!({"id": seq, "name": format!("n{seq}")}),
-                )
+                let day = i64::from(seq % 3 == 0) * 86_400_000;
+                let mut after = json!({"id": seq, "name": format!("n{seq}")});
+                if c >= 7 || first > 0 {
+                    after["score"] = json!(seq as f64 / 4.0);
+                }
+                if seq % 5 == 0 {
+                    after["name"] = json!(null);
+                }
+                event(table, seq, T0 + day + seq as i64, after)
             })
             .collect();
-        w.buffer.push("s1", c, events);
+        w.buffer.push("s1", first + c, events);
         let o = w.flush();
         assert!(o.error.is_none(), "{:?}", o.error);
         advance(w, 30_000);
@@ -130,18 +148,105 @@ fn check_live(w: &World, table: &str) -> (usize, usize, usize) {
     (metadata.snapshots.len(), current.0, current.1)
 }
 
-fn all_keys(w: &World) -> Vec<Vec<(String, u64)>> {
-    TABLES.iter().map(|t| w.keys(t)).collect()
+/// Every row of both tables, sorted (null values are absent from a row,
+/// so a column added later reads the same before and after compaction).
+fn all_keys(w: &World) -> Vec<Vec<crate::flush::memory::Row>> {
+    TABLES
+        .iter()
+        .map(|t| {
+            let mut rows = w.rows(t);
+            rows.sort_by_key(|r| r["_cdc_seq"].parse::<u64>().unwrap());
+            rows
+        })
+        .collect()
+}
+
+/// The statistics of every live data file of `table`'s current snapshot
+/// agree with its values: counts, nulls, and exact bounds of long columns.
+fn check_stats(w: &World, table: &str) -> usize {
+    use arrow_array::{Array, Int64Array};
+    let paths = TablePaths::new(NS, table).unwrap();
+    let hint = w.store.object(&paths.version_hint_key()).unwrap();
+    let version = crate::lake::parse_version_hint(&hint).unwrap();
+    let metadata =
+        TableMetadata::from_json(&w.store.object(&paths.metadata_key(version)).unwrap()).unwrap();
+    let key = |loc: &str| paths.key_for_location(&metadata.location, loc).unwrap();
+    let schema = metadata.current_schema().unwrap();
+    let list = w
+        .store
+        .object(&key(&metadata.current_snapshot().unwrap().manifest_list))
+        .unwrap();
+    let mut checked = 0;
+    for m in read_manifest_list(&list).unwrap() {
+        let bytes = w.store.object(&key(&m.manifest_path)).unwrap();
+        for e in read_manifest(&bytes, &m).unwrap() {
+            if !e.status.is_live() {
+                continue;
+            }
+            let f = &e.file;
+            let data = w.store.object(&key(&f.file_path)).unwrap();
+            assert_eq!(data.len() as i64, f.file_size_in_bytes, "{}", f.file_path);
+            let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+                bytes::Bytes::from(data),
+            )
+            .unwrap()
+            .build()
+            .unwrap();
+            let batches: Vec<_> = reader.map(Result::unwrap).collect();
+            let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+            assert_eq!(rows as i64, f.record_count);
+            for field in &schema.fields {
+                let Some(values) = f.value_counts.get(&field.id) else {
+                    continue;
+                };
+                assert_eq!(*values, f.record_count, "{} values", field.name);
+                let col = |b: &arrow_array::RecordBatch| b.column_by_name(&field.name).cloned();
+                let nulls: usize = batches
+                    .iter()
+                    .map(|b| col(b).map_or(b.num_rows(), |c| c.null_count()))
+                    .sum();
+                assert_eq!(
+                    f.null_value_counts[&field.id], nulls as i64,
+                    "{} nulls",
+                    field.name
+                );
+                let longs: Vec<i64> = batches
+                    .iter()
+                    .filter_map(col)
+                    .filter_map(|c| c.as_any().downcast_ref::<Int64Array>().cloned())
+                    .flat_map(|a| a.iter().flatten().collect::<Vec<_>>())
+                    .collect();
+                if let (Some(lo), Some(hi)) = (longs.iter().min(), longs.iter().max()) {
+                    assert_eq!(
+                        f.lower_bounds[&field.id],
+                        lo.to_le_bytes(),
+                        "{}",
+                        field.name
+                    );
+                    assert_eq!(
+                        f.upper_bounds[&field.id],
+                        hi.to_le_bytes(),
+                        "{}",
+                        field.name
+                    );
+                }
+            }
+            checked += 1;
+        }
+    }
+    checked
 }
 
 #[test]
 fn maintenance_bounds_every_table_and_keeps_every_row() {
-    let w = World::new();
+    let w = world();
     history(&w, 24);
     let before = all_keys(&w);
     assert_eq!(before.iter().map(Vec::len).sum::<usize>(), 72);
     let (snapshots, manifests, files) = check_live(&w, "users");
-    assert_eq!((snapshots, manifests, files), (24, 24, 24));
+    assert_eq!(snapshots, 24);
+    assert_eq!(manifests, 24);
+    assert!(files >= 24, "{files}");
 
     // An orphan old enough to go, and one too young (a commit in flight).
     let paths = TablePaths::new(NS, "users").unwrap();
@@ -168,12 +273,17 @@ fn maintenance_bounds_every_table_and_keeps_every_row() {
         let (snapshots, manifests, files) = check_live(&w, table);
         assert!(snapshots <= 8, "{table}: {snapshots} snapshots");
         assert!(manifests <= 4, "{table}: {manifests} manifests");
-        assert!(files <= 2, "{table}: {files} data files");
+        assert!(files <= 2, "{table}: {files} data files (two partitions)");
+        assert_eq!(check_stats(&w, table), files);
         let health = report.tables[table].health.clone().unwrap();
         assert_eq!(health.data_files as usize, files);
         assert_eq!(health.snapshots as usize, snapshots);
     }
     assert_eq!(report.tables["users"].orphans_deleted, 1);
+    assert!(
+        w.store.multipart_completed.get() > 0,
+        "no output went up in parts"
+    );
     assert!(w.store.object(&old_orphan).is_none());
     assert!(w.store.object(&young_orphan).is_some());
     // Nothing left that no live snapshot or log references (but the young
@@ -185,11 +295,12 @@ fn maintenance_bounds_every_table_and_keeps_every_row() {
     history(&w, 2);
     let after = all_keys(&w);
     assert_eq!(after.iter().map(Vec::len).sum::<usize>(), 78);
+    assert_eq!(after[0][..before[0].len()], before[0][..]);
 }
 
 #[test]
 fn marks_survive_maintenance_commits() {
-    let w = World::new();
+    let w = world();
     history(&w, 6);
     let batch = || {
         vec![
@@ -198,7 +309,7 @@ fn marks_survive_maintenance_commits() {
         ]
     };
     // How many operations the flush of one more batch takes.
-    let probe = World::new();
+    let probe = world();
     probe.store.copy_from(&w.store);
     probe.env.copy_from(&w.env);
     probe.buffer.copy_from(&w.buffer);
@@ -238,11 +349,11 @@ fn marks_survive_maintenance_commits() {
 
 #[test]
 fn a_crash_at_any_maintenance_operation_keeps_every_row_and_every_live_file() {
-    let base = World::new();
+    let base = world();
     history(&base, 12);
     advance(&base, 3_600_000);
     let before = all_keys(&base);
-    let clean = World::new();
+    let clean = world();
     clean.store.copy_from(&base.store);
     clean.env.copy_from(&base.env);
     let clean_report = maintain(&clean, &policy());
@@ -253,7 +364,7 @@ fn a_crash_at_any_maintenance_operation_keeps_every_row_and_every_live_file() {
 
     let mut seen_errors = BTreeSet::new();
     for at in 0..total {
-        let w = World::new();
+        let w = world();
         w.store.copy_from(&base.store);
         w.env.copy_from(&base.env);
         w.crash.at(at);

@@ -163,6 +163,8 @@ pub(crate) struct MemoryStore {
     pub(crate) clock: Cell<i64>,
     /// Multipart uploads in progress: id -> (key, parts).
     uploads: RefCell<BTreeMap<String, Upload>>,
+    /// Multipart uploads completed.
+    pub(crate) multipart_completed: Cell<u64>,
     crash: Rc<Crash>,
 }
 
@@ -269,6 +271,8 @@ impl ObjectStore for MemoryStore {
             bytes.extend_from_slice(&stored[&p.number]);
         }
         self.insert(key, bytes);
+        self.multipart_completed
+            .set(self.multipart_completed.get() + 1);
         Ok(())
     }
     async fn step_done(&self, _step: CommitStep) -> Result<()> {
