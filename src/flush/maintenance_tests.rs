@@ -63,12 +63,12 @@ fn history(w: &World, commits: u64) {
             .map(|i| {
                 let seq = first + c * 3 + i + 1;
                 let table = TABLES[(seq % 2) as usize];
-                let day = i64::from(seq % 3 == 0) * 86_400_000;
+                let day = i64::from(seq.is_multiple_of(3)) * 86_400_000;
                 let mut after = json!({"id": seq, "name": format!("n{seq}")});
                 if c >= 7 || first > 0 {
                     after["score"] = json!(seq as f64 / 4.0);
                 }
-                if seq % 5 == 0 {
+                if seq.is_multiple_of(5) {
                     after["name"] = json!(null);
                 }
                 event(table, seq, T0 + day + seq as i64, after)
