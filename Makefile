@@ -15,7 +15,7 @@ export AR_wasm32_unknown_unknown := llvm-ar
 
 DEV_PORT ?= 8787
 
-.PHONY: setup build build-test dev test test-native test-readers test-e2e deploy-check lint bench clean
+.PHONY: setup build build-test dev test test-native test-readers test-e2e deploy-check lint bench soak clean
 
 setup:
 	@bash scripts/setup.sh
@@ -60,6 +60,12 @@ lint:
 bench: build
 	cargo build --release --bin dolake-loadgen
 	node tests/bench/run.mjs
+
+## Maintenance soak of the core (issue 10): SOAK_COMMITS commits (default
+## 100,000, ~35 simulated days) with hourly maintenance; prints a table every
+## 10,000 commits (see docs/benchmarks.md).
+soak:
+	cargo test --release --lib flush::soak -- --ignored --nocapture
 
 clean:
 	rm -rf build target

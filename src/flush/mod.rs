@@ -464,4 +464,6 @@ mod crash_tests;
 #[cfg(test)]
 mod maintenance_tests;
 #[cfg(test)]
+mod soak;
+#[cfg(test)]
 mod tests;
