@@ -146,7 +146,9 @@ fn soak() {
             (flush_time, flushes, maint_time, maints, working) = (0.0, 0, 0.0, 0, 0);
         }
     }
-    let rows = super::memory::read_table(&w.store, NS, TABLE).unwrap().len() as u64;
+    let rows = super::memory::read_table(&w.store, NS, TABLE)
+        .unwrap()
+        .len() as u64;
     assert_eq!(rows, seq, "every event once");
     println!("rows read back: {rows} of {seq}");
 }
