@@ -61,11 +61,14 @@ bench: build
 	cargo build --release --bin dolake-loadgen
 	node tests/bench/run.mjs
 
-## Maintenance soak of the core (issue 10): SOAK_COMMITS commits (default
-## 100,000, ~35 simulated days) with hourly maintenance; prints a table every
-## 10,000 commits (see docs/benchmarks.md).
-soak:
+## Maintenance soaks (issue 10, see docs/benchmarks.md): the core with the
+## in-memory store, SOAK_COMMITS commits (default 100,000, ~35 simulated days)
+## with hourly maintenance, a table every 10,000 commits; then workerd,
+## compressed: 2,000 small flushes, the tables' shape and DuckDB's scan time
+## every 250, every row checked at the end.
+soak: build
 	cargo test --release --lib flush::soak -- --ignored --nocapture
+	node tests/bench/maintenance_soak.mjs 2000 250
 
 clean:
 	rm -rf build target
