@@ -100,7 +100,7 @@ fn soak() {
                     TABLE,
                     seq,
                     now,
-                    json!({"id": seq, "customer": format!("c{}", seq % 977), "amount": seq as f64 / 8.0, "paid": seq % 2 == 0}),
+                    json!({"id": seq, "customer": format!("c{}", seq % 977), "amount": seq as f64 / 8.0, "paid": seq.is_multiple_of(2)}),
                 )
             })
             .collect();

@@ -17,7 +17,7 @@ use apache_avro::writer::datum::GenericDatumWriter;
 use serde_json::{json, Value};
 
 use super::manifest::ManifestEntry;
-use super::metadata::{PartitionSpec, Schema};
+use super::metadata::{PartitionSpec, Schema, Transform};
 use crate::error::{Error, ErrorKind, Result};
 
 /// An Avro type of a spec field.
@@ -189,10 +189,10 @@ fn partition_fields(spec: &PartitionSpec) -> Result<Vec<AField>> {
     spec.fields
         .iter()
         .map(|f| {
-            let ty = match f.transform.as_str() {
-                "day" => AType::Date,
-                "hour" => AType::Int,
-                other => {
+            let ty = match &f.transform {
+                Transform::Day => AType::Date,
+                Transform::Hour => AType::Int,
+                Transform::Other(other) => {
                     return Err(Error::new(
                         ErrorKind::Lake,
                         format!("partition transform `{other}` is not written by DoLake"),
@@ -400,8 +400,8 @@ pub(super) fn data_file_entry_value(spec: &PartitionSpec, entry: &ManifestEntry)
         .iter()
         .zip(&f.partition)
         .map(|(pf, v)| {
-            let v = match (pf.transform.as_str(), v) {
-                ("day", Some(d)) => some(Avro::Date(*d)),
+            let v = match (&pf.transform, v) {
+                (Transform::Day, Some(d)) => some(Avro::Date(*d)),
                 (_, Some(h)) => some(Avro::Int(*h)),
                 (_, None) => none(),
             };
@@ -741,7 +741,7 @@ pub(crate) mod tests {
             spec_id: 0,
             fields: vec![PartitionField {
                 name: "_cdc_ts_day".into(),
-                transform: "day".into(),
+                transform: Transform::Day,
                 source_id: 3,
                 field_id: 1000,
             }],

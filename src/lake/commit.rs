@@ -9,11 +9,11 @@ use super::avro::{write_manifest, write_manifest_list, DataFile, ManifestFile};
 use super::changelog::{evolve_within, ChangeEvent, RowLayout, TS};
 use super::limits::schema_room;
 use super::metadata::{
-    FieldType, MetadataLogEntry, PartitionField, PartitionSpec, Schema, Snapshot, SnapshotLogEntry,
-    SnapshotRef, SortOrder, TableMetadata,
+    FieldType, MetadataLogEntry, Operation, PartitionField, PartitionSpec, Schema, Snapshot,
+    SnapshotLogEntry, SnapshotRef, SortOrder, TableMetadata, Transform,
 };
 use super::parquet::{write_data_files, EncodedFile, ParquetSettings};
-use super::stats::{day_of, day_string, hour_of, hour_string};
+use super::stats::{day_string, hour_string};
 use super::table::{TablePaths, TableState};
 use crate::config::{Compression, DoLakeConfig, PartitionBy};
 use crate::error::{Error, ErrorKind, Result};
@@ -254,22 +254,22 @@ pub(crate) fn resolve_spec(
     by: PartitionBy,
     ts_id: i32,
 ) -> (PartitionSpec, bool, i32) {
-    let wanted: Option<(&str, &str)> = match by {
-        PartitionBy::Day => Some(("day", "_cdc_ts_day")),
-        PartitionBy::Hour => Some(("hour", "_cdc_ts_hour")),
+    let wanted: Option<(Transform, &str)> = match by {
+        PartitionBy::Day => Some((Transform::Day, "_cdc_ts_day")),
+        PartitionBy::Hour => Some((Transform::Hour, "_cdc_ts_hour")),
         PartitionBy::None => None,
     };
-    let matches = |s: &PartitionSpec| match wanted {
+    let matches = |s: &PartitionSpec| match &wanted {
         None => s.fields.is_empty(),
         Some((t, _)) => {
-            s.fields.len() == 1 && s.fields[0].transform == t && s.fields[0].source_id == ts_id
+            s.fields.len() == 1 && &s.fields[0].transform == t && s.fields[0].source_id == ts_id
         }
     };
     let Some(base) = base else {
         let fields: Vec<PartitionField> = wanted
             .map(|(t, name)| PartitionField {
                 name: name.to_string(),
-                transform: t.to_string(),
+                transform: t,
                 source_id: ts_id,
                 field_id: 1000,
             })
@@ -303,7 +303,7 @@ pub(crate) fn resolve_spec(
             });
             PartitionField {
                 name: name.to_string(),
-                transform: t.to_string(),
+                transform: t,
                 source_id: ts_id,
                 field_id,
             }
@@ -377,11 +377,7 @@ pub fn plan_commit_with_marks(
     let mut sources: BTreeMap<String, Watermark> = BTreeMap::new();
     for e in events {
         let micros = e.timestamp_micros()?;
-        let key = match transform.as_deref() {
-            Some("day") => Some(day_of(micros)),
-            Some("hour") => Some(hour_of(micros)),
-            _ => None,
-        };
+        let key = transform.as_ref().and_then(|t| t.of_micros(micros));
         groups.entry(key).or_default().push(e);
         sources
             .entry(e.source_id.clone())
@@ -401,9 +397,9 @@ pub fn plan_commit_with_marks(
     let mut overflow = BTreeMap::new();
     let mut data = DataFiles::default();
     for (value, group) in &groups {
-        let dir = match (transform.as_deref(), value) {
-            (Some("day"), Some(d)) => format!("data/_cdc_ts_day={}", day_string(*d)),
-            (Some("hour"), Some(h)) => format!("data/_cdc_ts_hour={}", hour_string(*h)),
+        let dir = match (&transform, value) {
+            (Some(Transform::Day), Some(d)) => format!("data/_cdc_ts_day={}", day_string(*d)),
+            (Some(Transform::Hour), Some(h)) => format!("data/_cdc_ts_hour={}", hour_string(*h)),
             _ => "data".to_string(),
         };
         let partition = if transform.is_some() {
@@ -742,7 +738,10 @@ pub(crate) fn finish(
     {
         summary.insert(k.clone(), v.clone());
     }
-    summary.insert("operation".to_string(), "append".to_string());
+    summary.insert(
+        Operation::SUMMARY_KEY.to_string(),
+        Operation::Append.as_str().to_string(),
+    );
 
     // Metadata.
     let timestamp_ms = ids

@@ -229,7 +229,7 @@ mod tests {
             spec_id: 0,
             fields: vec![PartitionField {
                 name: "_cdc_ts_day".into(),
-                transform: "day".into(),
+                transform: crate::lake::metadata::Transform::Day,
                 source_id: 3,
                 field_id: 1000,
             }],

@@ -127,6 +127,89 @@ impl Schema {
     }
 }
 
+/// A partition transform (spec: "Partition Transforms"). DoLake writes
+/// `day` and `hour` of `_cdc_ts`; any other transform of a table written by
+/// another engine is kept as read.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Transform {
+    /// `day`: days since 1970-01-01 (a `date`).
+    Day,
+    /// `hour`: hours since 1970-01-01 00:00 (an `int`).
+    Hour,
+    /// Any other transform, as written (`identity`, `bucket[16]`, ...).
+    Other(String),
+}
+
+impl Transform {
+    /// The spec's name of the transform.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Transform::Day => "day",
+            Transform::Hour => "hour",
+            Transform::Other(s) => s,
+        }
+    }
+
+    /// The transform named `s`.
+    pub fn parse(s: &str) -> Self {
+        match s {
+            "day" => Transform::Day,
+            "hour" => Transform::Hour,
+            other => Transform::Other(other.to_string()),
+        }
+    }
+
+    /// The transform's value of a timestamp in microseconds (`None` for
+    /// transforms DoLake does not compute).
+    pub fn of_micros(&self, micros: i64) -> Option<i32> {
+        match self {
+            Transform::Day => Some(super::stats::day_of(micros)),
+            Transform::Hour => Some(super::stats::hour_of(micros)),
+            Transform::Other(_) => None,
+        }
+    }
+}
+
+impl Serialize for Transform {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Transform {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        String::deserialize(d).map(|s| Transform::parse(&s))
+    }
+}
+
+/// A snapshot's `operation` (spec: "Snapshots").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    /// Only data files were added (every flush).
+    Append,
+    /// Files were rewritten without changing the rows (maintenance).
+    Replace,
+    /// Data and delete files were added and removed.
+    Overwrite,
+    /// Data files were removed or delete files added.
+    Delete,
+}
+
+impl Operation {
+    /// The spec's name, as written in the snapshot summary.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Operation::Append => "append",
+            Operation::Replace => "replace",
+            Operation::Overwrite => "overwrite",
+            Operation::Delete => "delete",
+        }
+    }
+
+    /// The summary key that holds it.
+    pub const SUMMARY_KEY: &'static str = "operation";
+}
+
 /// One field of a partition spec.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -134,7 +217,7 @@ pub struct PartitionField {
     /// Partition field name.
     pub name: String,
     /// Transform: `day`, `hour`, `identity`, ...
-    pub transform: String,
+    pub transform: Transform,
     /// Id of the source column.
     pub source_id: i32,
     /// Partition field id (1000 and up).

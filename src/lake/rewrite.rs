@@ -23,7 +23,8 @@ use super::commit::{
 };
 use super::manifest::{EntryStatus, ManifestEntry};
 use super::metadata::{
-    MetadataLogEntry, PartitionSpec, Snapshot, SnapshotLogEntry, SnapshotRef, TableMetadata,
+    MetadataLogEntry, Operation, PartitionSpec, Snapshot, SnapshotLogEntry, SnapshotRef,
+    TableMetadata,
 };
 use super::table::{TablePaths, TableState};
 use crate::error::{Error, ErrorKind, Result};
@@ -296,7 +297,10 @@ pub fn plan_replace(
     ] {
         put(k, prev(k));
     }
-    summary.insert("operation".to_string(), "replace".to_string());
+    summary.insert(
+        Operation::SUMMARY_KEY.to_string(),
+        Operation::Replace.as_str().to_string(),
+    );
     summary.insert(
         SUMMARY_MAINTENANCE.to_string(),
         replace.kind.name().to_string(),
