@@ -263,12 +263,26 @@ async fn maintain<O: ObjectStore, E: Env>(
     let out_of_time = |env: &E| env.now() - start >= settings.time_budget_ms;
 
     if let Some(compact) = &policy.compact {
+        // Manifest entries read once; each compaction reads only the manifest
+        // it wrote.
+        let mut entries = BTreeMap::new();
         for _ in 0..policy.max_compactions {
             if out_of_time(env) {
                 r.health = Some(TableHealth::of(&t.state));
                 return Ok(Done::OutOfTime);
             }
-            if !compact_one(objects, env, settings, policy, compact, &mut t, r).await? {
+            if !compact_one(
+                objects,
+                env,
+                settings,
+                policy,
+                compact,
+                &mut t,
+                &mut entries,
+                r,
+            )
+            .await?
+            {
                 break;
             }
         }
@@ -339,6 +353,8 @@ async fn commit<O: ObjectStore>(
 }
 
 /// Compacts one group of small files; `false` when there is none.
+/// `entries` caches the entries of the current data manifests, by path.
+#[allow(clippy::too_many_arguments)]
 async fn compact_one<O: ObjectStore, E: Env>(
     objects: &O,
     env: &E,
@@ -346,6 +362,7 @@ async fn compact_one<O: ObjectStore, E: Env>(
     policy: &Policy,
     compact: &CompactPolicy,
     t: &mut Table<'_>,
+    entries: &mut BTreeMap<String, Vec<ManifestEntry>>,
     r: &mut TableReport,
 ) -> Result<bool> {
     let loc = location(&t.state.metadata);
@@ -356,7 +373,14 @@ async fn compact_one<O: ObjectStore, E: Env>(
         .filter(|m| m.content == 0)
         .cloned()
         .collect();
-    let entries = read_entries(objects, &t.paths, &loc, &data).await?;
+    entries.retain(|path, _| data.iter().any(|m| &m.manifest_path == path));
+    let missing: Vec<ManifestFile> = data
+        .iter()
+        .filter(|m| !entries.contains_key(&m.manifest_path))
+        .cloned()
+        .collect();
+    entries.extend(read_entries(objects, &t.paths, &loc, &missing).await?);
+    let entries = &*entries;
     let spec_of: BTreeMap<&str, i32> = data
         .iter()
         .map(|m| (m.manifest_path.as_str(), m.partition_spec_id))
@@ -447,7 +471,7 @@ async fn compact_one<O: ObjectStore, E: Env>(
         spec_id,
         &removed,
         vec![data_file],
-        &entries,
+        entries,
     )?;
     let c = plan_replace(&t.state, &t.paths, &ids, replace)?;
     commit(objects, t, c, r).await?;
