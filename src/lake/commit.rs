@@ -747,7 +747,6 @@ pub(crate) fn finish(
     let timestamp_ms = ids
         .now_ms
         .max(base.map(|b| b.last_updated_ms).unwrap_or(i64::MIN));
-    let version = current.map(|c| c.version).unwrap_or(0) + 1;
     let mut metadata = match base {
         Some(b) => b.clone(),
         None => TableMetadata {
@@ -776,14 +775,6 @@ pub(crate) fn finish(
             extra: BTreeMap::new(),
         },
     };
-    if let (Some(b), Some(c)) = (base, current) {
-        metadata.metadata_log.push(MetadataLogEntry {
-            timestamp_ms: b.last_updated_ms,
-            metadata_file: format!("{location}/metadata/v{}.metadata.json", c.version),
-        });
-        let excess = metadata.metadata_log.len().saturating_sub(METADATA_LOG_MAX);
-        metadata.metadata_log.drain(..excess);
-    }
     if !metadata
         .schemas
         .iter()
@@ -808,42 +799,25 @@ pub(crate) fn finish(
             watermarks_property(&cumulative),
         );
     }
-    metadata.last_sequence_number = sequence_number;
-    metadata.last_updated_ms = timestamp_ms;
-    metadata.snapshots.push(Snapshot {
-        snapshot_id: ids.snapshot_id,
-        parent_snapshot_id: parent,
-        sequence_number,
-        timestamp_ms,
-        manifest_list: list_path,
-        summary,
-        schema_id: Some(schema.schema_id),
-        extra: BTreeMap::new(),
-    });
-    metadata.current_snapshot_id = Some(ids.snapshot_id);
-    metadata.snapshot_log.push(SnapshotLogEntry {
-        timestamp_ms,
-        snapshot_id: ids.snapshot_id,
-    });
-    metadata.refs.insert(
-        "main".to_string(),
-        SnapshotRef {
+    let previous = base
+        .zip(current)
+        .map(|(b, c)| (c.version, b.last_updated_ms));
+    let (metadata, metadata_puts, metadata_key, version) = add_snapshot(
+        metadata,
+        previous,
+        paths,
+        Snapshot {
             snapshot_id: ids.snapshot_id,
-            kind: "branch".to_string(),
+            parent_snapshot_id: parent,
+            sequence_number,
+            timestamp_ms,
+            manifest_list: list_path,
+            summary,
+            schema_id: Some(schema.schema_id),
             extra: BTreeMap::new(),
         },
     );
-    let metadata_key = paths.metadata_key(version);
-    puts.push(PutObject {
-        key: metadata_key.clone(),
-        bytes: metadata.to_json(),
-        kind: ObjectKind::Metadata,
-    });
-    puts.push(PutObject {
-        key: paths.version_hint_key(),
-        bytes: version.to_string().into_bytes(),
-        kind: ObjectKind::VersionHint,
-    });
+    puts.extend(metadata_puts);
     Ok(Commit {
         puts,
         state: TableState {
@@ -860,4 +834,58 @@ pub(crate) fn finish(
         added_columns,
         sources,
     })
+}
+
+/// The last step of every commit kind (append, replace): `snapshot` becomes
+/// the current snapshot of `main` in `metadata`, the table's next version
+/// after `previous` (its version and last-updated time, logged in a
+/// `metadata-log` bounded to [`METADATA_LOG_MAX`]; `None` when the commit
+/// creates the table). Returns the metadata, its puts (the metadata file,
+/// then `version-hint.text`), its key and its version.
+pub(crate) fn add_snapshot(
+    mut metadata: TableMetadata,
+    previous: Option<(u64, i64)>,
+    paths: &TablePaths,
+    snapshot: Snapshot,
+) -> (TableMetadata, Vec<PutObject>, String, u64) {
+    if let Some((version, last_updated_ms)) = previous {
+        let location = metadata.location.trim_end_matches('/').to_string();
+        metadata.metadata_log.push(MetadataLogEntry {
+            timestamp_ms: last_updated_ms,
+            metadata_file: format!("{location}/metadata/v{version}.metadata.json"),
+        });
+        let excess = metadata.metadata_log.len().saturating_sub(METADATA_LOG_MAX);
+        metadata.metadata_log.drain(..excess);
+    }
+    let version = previous.map_or(0, |(v, _)| v) + 1;
+    metadata.last_sequence_number = snapshot.sequence_number;
+    metadata.last_updated_ms = snapshot.timestamp_ms;
+    metadata.current_snapshot_id = Some(snapshot.snapshot_id);
+    metadata.snapshot_log.push(SnapshotLogEntry {
+        timestamp_ms: snapshot.timestamp_ms,
+        snapshot_id: snapshot.snapshot_id,
+    });
+    metadata.refs.insert(
+        "main".to_string(),
+        SnapshotRef {
+            snapshot_id: snapshot.snapshot_id,
+            kind: "branch".to_string(),
+            extra: BTreeMap::new(),
+        },
+    );
+    metadata.snapshots.push(snapshot);
+    let metadata_key = paths.metadata_key(version);
+    let puts = vec![
+        PutObject {
+            key: metadata_key.clone(),
+            bytes: metadata.to_json(),
+            kind: ObjectKind::Metadata,
+        },
+        PutObject {
+            key: paths.version_hint_key(),
+            bytes: version.to_string().into_bytes(),
+            kind: ObjectKind::VersionHint,
+        },
+    ];
+    (metadata, puts, metadata_key, version)
 }

@@ -18,14 +18,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::avro::{
     write_manifest_entries, write_manifest_list, DataFile, FieldSummary, ManifestFile,
 };
-use super::commit::{
-    Commit, CommitIds, ObjectKind, PutObject, METADATA_LOG_MAX, SUMMARY_MARK_PREFIX,
-};
+use super::commit::{add_snapshot, Commit, CommitIds, ObjectKind, PutObject, SUMMARY_MARK_PREFIX};
 use super::manifest::{EntryStatus, ManifestEntry};
-use super::metadata::{
-    MetadataLogEntry, Operation, PartitionSpec, Snapshot, SnapshotLogEntry, SnapshotRef,
-    TableMetadata,
-};
+use super::metadata::{Operation, PartitionSpec, Snapshot};
 use super::table::{TablePaths, TableState};
 use crate::error::{Error, ErrorKind, Result};
 
@@ -306,8 +301,9 @@ pub fn plan_replace(
         replace.kind.name().to_string(),
     );
 
-    let (metadata, metadata_puts, metadata_key) = next_metadata(
-        state,
+    let (metadata, metadata_puts, metadata_key, _) = add_snapshot(
+        base.clone(),
+        Some((state.version, base.last_updated_ms)),
         paths,
         Snapshot {
             snapshot_id: ids.snapshot_id,
@@ -337,56 +333,6 @@ pub fn plan_replace(
         added_columns: Vec::new(),
         sources: BTreeMap::new(),
     })
-}
-
-/// The next metadata version of `state` with `snapshot` as the new current
-/// snapshot of `main`: the metadata, its puts (metadata file, then the hint)
-/// and its key.
-fn next_metadata(
-    state: &TableState,
-    paths: &TablePaths,
-    snapshot: Snapshot,
-) -> (TableMetadata, Vec<PutObject>, String) {
-    let base = &state.metadata;
-    let location = base.location.trim_end_matches('/');
-    let version = state.version + 1;
-    let mut metadata = base.clone();
-    metadata.metadata_log.push(MetadataLogEntry {
-        timestamp_ms: base.last_updated_ms,
-        metadata_file: format!("{location}/metadata/v{}.metadata.json", state.version),
-    });
-    let excess = metadata.metadata_log.len().saturating_sub(METADATA_LOG_MAX);
-    metadata.metadata_log.drain(..excess);
-    metadata.last_sequence_number = snapshot.sequence_number;
-    metadata.last_updated_ms = snapshot.timestamp_ms;
-    metadata.current_snapshot_id = Some(snapshot.snapshot_id);
-    metadata.snapshot_log.push(SnapshotLogEntry {
-        timestamp_ms: snapshot.timestamp_ms,
-        snapshot_id: snapshot.snapshot_id,
-    });
-    metadata.refs.insert(
-        "main".to_string(),
-        SnapshotRef {
-            snapshot_id: snapshot.snapshot_id,
-            kind: "branch".to_string(),
-            extra: BTreeMap::new(),
-        },
-    );
-    metadata.snapshots.push(snapshot);
-    let metadata_key = paths.metadata_key(version);
-    let puts = vec![
-        PutObject {
-            key: metadata_key.clone(),
-            bytes: metadata.to_json(),
-            kind: ObjectKind::Metadata,
-        },
-        PutObject {
-            key: paths.version_hint_key(),
-            bytes: version.to_string().into_bytes(),
-            kind: ObjectKind::VersionHint,
-        },
-    ];
-    (metadata, puts, metadata_key)
 }
 
 /// Manifest merging policy (Iceberg's `commit.manifest-merge.*`).
