@@ -4,7 +4,8 @@
 // each checkpoint the tables' shape (/lakehouse/status), the objects in R2,
 // and the time DuckDB (iceberg extension) takes to scan the exported lake.
 // At the end pyiceberg and DuckDB compare every row (verify_lake.py).
-// Usage: node tests/bench/maintenance_soak.mjs [flushes=2000] [every=250]
+// Usage: node tests/bench/maintenance_soak.mjs [flushes=2000] [every=250] [off]
+// (`off`: no maintenance, the baseline the figures compare against).
 // Prints one JSON line per checkpoint, then the verdict. Loopback only.
 import { mkdirSync, rmSync } from 'node:fs';
 import { spawnSync } from 'node:child_process';
@@ -13,6 +14,7 @@ import { exportLake, getJson, removeDir, Shard, startDoLake, tempStateDir, verif
 
 const flushes = Number(process.argv[2] ?? 2000);
 const every = Number(process.argv[3] ?? 250);
+const maintain = process.argv[4] !== 'off';
 const config = {
   flushThresholdEvents: 1_000_000_000,
   flushThresholdBytes: 50_000_000,
@@ -71,7 +73,7 @@ try {
     acked.push(...events.map((e) => ({ sourceDoId: shard.sourceDoId, ...e })));
     const f = await withTimeout(fetch(`${server.url}/lakehouse/flush`, { method: 'POST' }), 60_000, 'flush');
     await f.arrayBuffer();
-    if (i % 25 === 0) {
+    if (maintain && i % 25 === 0) {
       const m = await getJson(`${server.url}/lakehouse/maintenance`, { method: 'POST' });
       if (m.status !== 200) throw new Error(JSON.stringify(m.body));
     }
@@ -87,6 +89,7 @@ try {
       console.log(JSON.stringify({
         flushes: i,
         seconds: Math.round((Date.now() - start) / 1000),
+        maintenance: maintain,
         maintenanceRuns: s.maintenance.runs,
         snapshots: t.snapshots,
         manifests: t.manifests,
@@ -99,8 +102,10 @@ try {
       }));
     }
   }
-  const r = await getJson(`${server.url}/lakehouse/maintenance`, { method: 'POST' });
-  if (r.status !== 200) throw new Error(JSON.stringify(r.body));
+  if (maintain) {
+    const r = await getJson(`${server.url}/lakehouse/maintenance`, { method: 'POST' });
+    if (r.status !== 200) throw new Error(JSON.stringify(r.body));
+  }
   const warehouse = path.join(stateDir, 'final', 'warehouse');
   mkdirSync(warehouse, { recursive: true });
   await exportLake(server, warehouse);
