@@ -466,13 +466,7 @@ async fn compact_one<O: ObjectStore, E: Env>(
     }
     objects.step_done(super::faults::CommitStep::Data).await?;
     let removed: BTreeSet<String> = bin.iter().map(|&i| files[i].1.file_path.clone()).collect();
-    let replace = compaction_replace(
-        ids.snapshot_id,
-        spec_id,
-        &removed,
-        vec![data_file],
-        entries,
-    )?;
+    let replace = compaction_replace(ids.snapshot_id, spec_id, &removed, vec![data_file], entries)?;
     let c = plan_replace(&t.state, &t.paths, &ids, replace)?;
     commit(objects, t, c, r).await?;
     r.files_compacted += removed.len() as u64;
