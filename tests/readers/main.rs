@@ -26,13 +26,26 @@
 //!   the metadata holds only the kept snapshots (`tables.json` lists them,
 //!   with `expired_snapshot_ids`, `deleted_files`, `live_data_files`).
 //!
+//! - the table `maintained`: 40 small commits from two sources over two days,
+//!   a column added midway, then DoLake's table maintenance (compaction with
+//!   multipart uploads, manifest merging, snapshot expiry with its deletes,
+//!   orphan cleanup) run through the same code and ports as in the Durable
+//!   Object, 12 more commits and a second run. `tables.json` lists its live
+//!   snapshots (replace snapshots hold their parent's rows), the live data
+//!   files and `replace_snapshot_ids`.
+//!
 //! Every commit after the first is planned on the state read back from the
 //! files written (version hint, metadata, manifest list), as after a restart.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use dolake::config::{Compression, PartitionBy};
+use dolake::config::{Compression, DoLakeConfig, PartitionBy};
+use dolake::flush::maintenance::{self, Policy};
+use dolake::flush::ports::{Listed, ObjectStore, Part, Put};
+use dolake::flush::procedure::{Env, Settings};
+use dolake::lake::compact::CompactPolicy;
+use dolake::lake::MergePolicy;
 use dolake::lake::{
     committed_watermarks, plan_commit, plan_expire, plan_rejected_commit, ChangeEvent, CommitIds,
     ExpirePolicy, Op, RejectedEvent, TablePaths, TableState, Watermark, WriteOptions,
@@ -1017,6 +1030,346 @@ fn write_expired_table(out: &Path) -> Value {
     })
 }
 
+/// Polls a future that never waits (the directory store below is
+/// synchronous) to completion.
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    let mut f = std::pin::pin!(f);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match f.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(v) => v,
+        std::task::Poll::Pending => panic!("the directory store never waits"),
+    }
+}
+
+/// The lake in a directory, as maintenance sees R2: keys relative to the
+/// warehouse, upload times from a clock the test moves.
+struct DirStore {
+    root: PathBuf,
+    clock: std::cell::Cell<i64>,
+    uploaded: std::cell::RefCell<BTreeMap<String, i64>>,
+    parts: std::cell::RefCell<BTreeMap<String, Vec<(u16, Vec<u8>)>>>,
+    multipart_completed: std::cell::Cell<u32>,
+}
+
+impl DirStore {
+    fn write(&self, key: &str, bytes: &[u8]) {
+        let path = self.root.join(key);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, bytes).unwrap();
+        self.uploaded
+            .borrow_mut()
+            .insert(key.to_string(), self.clock.get());
+    }
+}
+
+impl ObjectStore for DirStore {
+    async fn get(&self, key: &str) -> dolake::error::Result<Option<Vec<u8>>> {
+        Ok(std::fs::read(self.root.join(key)).ok())
+    }
+    async fn exists(&self, key: &str) -> dolake::error::Result<bool> {
+        Ok(self.root.join(key).exists())
+    }
+    async fn put(&self, key: &str, bytes: Vec<u8>, if_absent: bool) -> dolake::error::Result<Put> {
+        if if_absent && self.root.join(key).exists() {
+            return Ok(Put::Exists);
+        }
+        self.write(key, &bytes);
+        Ok(Put::Stored)
+    }
+    async fn delete(&self, key: &str) -> dolake::error::Result<()> {
+        let _ = std::fs::remove_file(self.root.join(key));
+        self.uploaded.borrow_mut().remove(key);
+        Ok(())
+    }
+    async fn list(&self, prefix: &str) -> dolake::error::Result<Vec<Listed>> {
+        Ok(self
+            .uploaded
+            .borrow()
+            .iter()
+            .filter(|(k, _)| k.starts_with(prefix))
+            .map(|(k, t)| Listed {
+                key: k.clone(),
+                uploaded_ms: *t,
+            })
+            .collect())
+    }
+    async fn multipart_start(&self, key: &str) -> dolake::error::Result<String> {
+        self.parts.borrow_mut().insert(key.to_string(), Vec::new());
+        Ok(format!("upload-{key}"))
+    }
+    async fn multipart_part(
+        &self,
+        key: &str,
+        _upload: &str,
+        number: u16,
+        bytes: Vec<u8>,
+    ) -> dolake::error::Result<Part> {
+        self.parts
+            .borrow_mut()
+            .get_mut(key)
+            .unwrap()
+            .push((number, bytes));
+        Ok(Part {
+            number,
+            etag: format!("{number}"),
+        })
+    }
+    async fn multipart_complete(
+        &self,
+        key: &str,
+        _upload: &str,
+        parts: Vec<Part>,
+    ) -> dolake::error::Result<()> {
+        let stored = self.parts.borrow_mut().remove(key).unwrap();
+        assert_eq!(
+            parts.iter().map(|p| p.number).collect::<Vec<_>>(),
+            stored.iter().map(|p| p.0).collect::<Vec<_>>()
+        );
+        let bytes: Vec<u8> = stored.into_iter().flat_map(|(_, b)| b).collect();
+        self.write(key, &bytes);
+        self.multipart_completed
+            .set(self.multipart_completed.get() + 1);
+        Ok(())
+    }
+}
+
+/// Time and ids for maintenance commits: deterministic.
+struct TestEnv {
+    now: std::cell::Cell<i64>,
+    n: std::cell::Cell<u64>,
+}
+
+impl Env for TestEnv {
+    fn now(&self) -> i64 {
+        self.now.get()
+    }
+    fn commit_ids(&self, now: i64) -> CommitIds {
+        let n = self.n.get() + 1;
+        self.n.set(n);
+        CommitIds {
+            snapshot_id: 7_000_000_000 + n as i64,
+            commit_uuid: Uuid::from_u128(0x7700_0000 + u128::from(n)),
+            table_uuid: Uuid::from_bytes([0x77; 16]),
+            now_ms: now,
+        }
+    }
+}
+
+/// The table `maintained` (see the module docs). Returns its `tables.json`
+/// entry.
+fn write_maintained_table(out: &Path) -> Value {
+    const NAME: &str = "maintained";
+    const SOURCES: [&str; 2] = ["shard-m", "shard-n"];
+    let columns = vec![
+        ("id", Ty::Long),
+        ("source", Ty::Str),
+        ("note", Ty::Str),
+        ("score", Ty::Double),
+    ];
+    let warehouse = out.join("warehouse");
+    let location = format!("file://{}", warehouse.display());
+    let paths = TablePaths::new(NAMESPACE, NAME).unwrap();
+    let options = WriteOptions {
+        warehouse_location: location.clone(),
+        namespace: NAMESPACE.to_string(),
+        table: NAME.to_string(),
+        compression: Compression::Zstd,
+        row_group_size: 7,
+        partition_by: PartitionBy::Day,
+        target_file_size: 64 * 1024 * 1024,
+    };
+    let config = DoLakeConfig::parse(Some(
+        &json!({
+            "warehouseLocation": location,
+            "namespace": NAMESPACE,
+            "parquetCompression": "zstd",
+            "parquetRowGroupSize": 7,
+        })
+        .to_string(),
+    ))
+    .unwrap();
+    let settings = Settings {
+        config: &config,
+        epoch: "readers",
+        step_budget_bytes: 4 << 20,
+        target_file_bytes: 16 << 20,
+        time_budget_ms: i64::MAX / 4,
+    };
+    let policy = Policy {
+        expire: ExpirePolicy {
+            max_snapshot_age_ms: 0,
+            min_snapshots_to_keep: 5,
+            max_metadata_log: 20,
+        },
+        max_snapshots: 5,
+        merge: MergePolicy {
+            min_count_to_merge: 5,
+            target_manifest_bytes: 1 << 20,
+        },
+        compact: Some(CompactPolicy {
+            target_file_bytes: 1 << 20,
+        }),
+        orphan_min_age_ms: 60_000,
+        // Small parts: every compacted file goes up in several.
+        part_bytes: 2048,
+        max_compactions: 16,
+        scan_orphans: true,
+    };
+    let store = DirStore {
+        root: warehouse.clone(),
+        clock: std::cell::Cell::new(DAY0),
+        uploaded: std::cell::RefCell::new(BTreeMap::new()),
+        parts: std::cell::RefCell::new(BTreeMap::new()),
+        multipart_completed: std::cell::Cell::new(0),
+    };
+    let env = TestEnv {
+        now: std::cell::Cell::new(DAY0),
+        n: std::cell::Cell::new(0),
+    };
+    let mut expected = Vec::new();
+    // Rows in the table at each snapshot, counted from the events sent.
+    let mut rows_at: BTreeMap<i64, usize> = BTreeMap::new();
+    let mut seq = 0_u64;
+    let mut commit = |n: u64, expected: &mut Vec<Value>| {
+        let state = (n > 1).then(|| load_state(&warehouse, &paths));
+        let now = env.now.get();
+        let mut events = Vec::new();
+        for j in 0..5_u64 {
+            let source = SOURCES[((n + j) % 2) as usize];
+            seq += 1;
+            let mut after = json!({"id": seq, "source": source, "note": format!("commit {n}")});
+            if n > 20 {
+                after["score"] = json!(seq as f64 / 4.0);
+            }
+            if seq % 7 == 0 {
+                after["note"] = Value::Null;
+            }
+            // Two days: every third event is a day earlier.
+            let ts = now - i64::from(seq % 3 == 0) * 24 * HOUR + j as i64;
+            events.push(insert(source, n, seq, ts, after));
+        }
+        let ids = CommitIds {
+            snapshot_id: 8_000_000_000 + n as i64,
+            commit_uuid: Uuid::from_u128(0x8800_0000 + u128::from(n)),
+            table_uuid: Uuid::from_bytes([0x88; 16]),
+            now_ms: now,
+        };
+        let c = plan_commit(&events, state.as_ref(), &options, &ids).unwrap();
+        for p in &c.puts {
+            store.write(&p.key, &p.bytes);
+        }
+        for e in &events {
+            expected.push(expected_row(e, &columns));
+        }
+        rows_at.insert(c.snapshot_id, expected.len());
+        env.now.set(now + 30_000);
+        store.clock.set(now + 30_000);
+    };
+    let orphan = format!(
+        "{}/data/_cdc_ts_day=2026-11-25/crashed-00000.parquet",
+        paths.prefix()
+    );
+    let maintain = |env: &TestEnv, store: &DirStore| {
+        env.now.set(env.now.get() + HOUR);
+        store.clock.set(env.now.get());
+        let report = block_on(maintenance::run(
+            store,
+            env,
+            &settings,
+            &policy,
+            &[NAME.to_string()],
+        ));
+        let r = report.tables[NAME].clone();
+        assert_eq!(r.error, None);
+        assert!(!report.more);
+        r
+    };
+    for n in 1..=40 {
+        commit(n, &mut expected);
+    }
+    store.write(&orphan, b"left by a crashed commit");
+    let first = maintain(&env, &store);
+    assert!(first.files_compacted >= 40, "{first:?}");
+    assert!(
+        first.snapshots_expired > 0 && first.files_deleted > 0,
+        "{first:?}"
+    );
+    assert_eq!(first.orphans_deleted, 1);
+    assert!(!warehouse.join(&orphan).exists());
+    for n in 41..=52 {
+        commit(n, &mut expected);
+    }
+    let second = maintain(&env, &store);
+    assert!(second.files_compacted >= 12, "{second:?}");
+    assert!(store.multipart_completed.get() >= 2);
+
+    let state = load_state(&warehouse, &paths);
+    let meta = &state.metadata;
+    assert!(meta.snapshots.len() <= 5);
+    let mut replace_ids = Vec::new();
+    let mut snapshots = Vec::new();
+    let mut by_seq: Vec<&dolake::lake::metadata::Snapshot> = meta.snapshots.iter().collect();
+    by_seq.sort_by_key(|s| s.sequence_number);
+    for s in &by_seq {
+        // A replace snapshot holds exactly its parent's rows.
+        let rows = match s.summary.get("operation").map(String::as_str) {
+            Some("replace") => {
+                replace_ids.push(s.snapshot_id);
+                let parent = s.parent_snapshot_id.unwrap();
+                let rows = rows_at[&parent];
+                rows_at.insert(s.snapshot_id, rows);
+                rows
+            }
+            _ => rows_at[&s.snapshot_id],
+        };
+        snapshots.push(json!({
+            "snapshot_id": s.snapshot_id,
+            "total_rows": rows,
+            "data_files": 0,
+            "compression": "zstd",
+        }));
+    }
+    assert!(!replace_ids.is_empty());
+    assert_eq!(
+        meta.current_snapshot_id,
+        Some(by_seq.last().unwrap().snapshot_id)
+    );
+    let mut live_data_files = 0;
+    for m in &state.manifests {
+        let key = paths
+            .key_for_location(&meta.location, &m.manifest_path)
+            .unwrap();
+        let bytes = std::fs::read(warehouse.join(key)).unwrap();
+        live_data_files += dolake::lake::read_manifest(&bytes, m)
+            .unwrap()
+            .iter()
+            .filter(|e| e.status.is_live())
+            .count();
+    }
+    assert!(live_data_files <= 2 * 2, "{live_data_files} live files");
+    let metadata_path = warehouse.join(paths.metadata_key(state.version));
+    let exp_dir = out.join("expected");
+    std::fs::create_dir_all(&exp_dir).unwrap();
+    let exp_path = exp_dir.join(format!("{NAME}.jsonl"));
+    let text: String = expected.iter().map(|r| format!("{r}\n")).collect();
+    std::fs::write(&exp_path, text).unwrap();
+    json!({
+        "name": NAME,
+        "namespace": NAMESPACE,
+        "table_dir": warehouse.join(paths.prefix()),
+        "metadata_path": metadata_path,
+        "metadata_location": format!("file://{}", metadata_path.display()),
+        "partition_by": "day",
+        "snapshots": snapshots,
+        "rows": expected.len(),
+        "json_columns": ["_cdc_before", "_cdc_metadata", "_cdc_overflow"],
+        "expected": exp_path,
+        "live_data_files": live_data_files,
+        "replace_snapshot_ids": replace_ids,
+        "commits": 52,
+    })
+}
+
 #[test]
 fn write_reader_test_tables() {
     let (out, keep) = match std::env::var_os("DOLAKE_READERS_OUT") {
@@ -1059,6 +1412,7 @@ fn write_reader_test_tables() {
     assert_eq!(overflow["customer"], 1);
     assert_eq!(overflow["_cdc_op"], 1);
     tables.push(write_expired_table(&out));
+    tables.push(write_maintained_table(&out));
     let dead_letter = write_dead_letter_table(&out);
     std::fs::write(
         out.join("tables.json"),
