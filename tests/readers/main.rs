@@ -1041,13 +1041,16 @@ fn block_on<F: std::future::Future>(f: F) -> F::Output {
     }
 }
 
+/// A part of a multipart upload: its number and bytes.
+type Upload = (u16, Vec<u8>);
+
 /// The lake in a directory, as maintenance sees R2: keys relative to the
 /// warehouse, upload times from a clock the test moves.
 struct DirStore {
     root: PathBuf,
     clock: std::cell::Cell<i64>,
     uploaded: std::cell::RefCell<BTreeMap<String, i64>>,
-    parts: std::cell::RefCell<BTreeMap<String, Vec<(u16, Vec<u8>)>>>,
+    parts: std::cell::RefCell<BTreeMap<String, Vec<Upload>>>,
     multipart_completed: std::cell::Cell<u32>,
 }
 
@@ -1241,11 +1244,11 @@ fn write_maintained_table(out: &Path) -> Value {
             if n > 20 {
                 after["score"] = json!(seq as f64 / 4.0);
             }
-            if seq % 7 == 0 {
+            if seq.is_multiple_of(7) {
                 after["note"] = Value::Null;
             }
             // Two days: every third event is a day earlier.
-            let ts = now - i64::from(seq % 3 == 0) * 24 * HOUR + j as i64;
+            let ts = now - i64::from(seq.is_multiple_of(3)) * 24 * HOUR + j as i64;
             events.push(insert(source, n, seq, ts, after));
         }
         let ids = CommitIds {
