@@ -213,7 +213,19 @@ impl MaintenanceHistory {
             return Some(self.last_run_ms.unwrap_or(0));
         }
         let from = self.last_run_ms.or(history.last_success_ms)?;
-        Some(from.saturating_add(interval))
+        // Nothing committed since the last run: only expiry by age and the
+        // daily orphan scan have work, so an idle table wakes once a day.
+        let idle = match (self.last_run_ms, history.last_success_ms) {
+            (Some(run), Some(flush)) => flush < run,
+            (Some(_), None) => true,
+            _ => false,
+        };
+        let wait = if idle {
+            interval.max(ORPHAN_SCAN_INTERVAL_MS)
+        } else {
+            interval
+        };
+        Some(from.saturating_add(wait))
     }
 }
 

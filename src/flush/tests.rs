@@ -211,3 +211,60 @@ fn a_flush_cut_by_its_time_budget_goes_on_at_once() {
         None
     );
 }
+
+#[test]
+fn maintenance_runs_an_interval_after_flushes_and_daily_when_idle() {
+    use crate::config::MaintenanceConfig;
+    let config = MaintenanceConfig::default();
+    let hour = 3_600_000;
+    let mut history = FlushHistory::default();
+    assert_eq!(
+        history.maintenance.next_run(&config, &history),
+        None,
+        "no table yet"
+    );
+    history.tables.insert("users".into());
+    history.last_success_ms = Some(10 * hour);
+    assert_eq!(
+        history.maintenance.next_run(&config, &history),
+        Some(11 * hour)
+    );
+    // A run at 11 h; flushes since: the next one an interval later.
+    let report = maintenance::Report::default();
+    history
+        .maintenance
+        .record(11 * hour, 11 * hour + 5, &report, true);
+    history.last_success_ms = Some(11 * hour + 30_000);
+    assert_eq!(
+        history.maintenance.next_run(&config, &history),
+        Some(12 * hour)
+    );
+    // No flush since the run: a day later.
+    history.last_success_ms = Some(10 * hour);
+    assert_eq!(
+        history.maintenance.next_run(&config, &history),
+        Some(35 * hour)
+    );
+    // A run cut by its budget goes on at once.
+    let more = maintenance::Report {
+        more: true,
+        ..Default::default()
+    };
+    history
+        .maintenance
+        .record(12 * hour, 12 * hour + 5, &more, false);
+    assert_eq!(
+        history.maintenance.next_run(&config, &history),
+        Some(12 * hour)
+    );
+    // Orphans: a day after the last run that scanned (11 h; the cut run
+    // at 12 h did not).
+    assert!(!history.maintenance.orphan_scan_due(35 * hour - 1));
+    assert!(history.maintenance.orphan_scan_due(35 * hour));
+    // Off: never.
+    let off = MaintenanceConfig {
+        enabled: false,
+        ..config
+    };
+    assert_eq!(history.maintenance.next_run(&off, &history), None);
+}
