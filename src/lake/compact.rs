@@ -363,3 +363,98 @@ impl Rewriter {
         Ok((last, file))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(path: &str, day: i32, size: i64) -> DataFile {
+        DataFile {
+            file_path: path.to_string(),
+            partition: vec![Some(day)],
+            record_count: 1,
+            file_size_in_bytes: size,
+            column_sizes: BTreeMap::new(),
+            value_counts: BTreeMap::new(),
+            null_value_counts: BTreeMap::new(),
+            nan_value_counts: BTreeMap::new(),
+            lower_bounds: BTreeMap::new(),
+            upper_bounds: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn bins_group_one_partition_and_spec_up_to_the_target() {
+        let policy = CompactPolicy {
+            target_file_bytes: 100,
+        };
+        let files = [
+            file("a", 1, 40),
+            file("b", 1, 40),
+            file("c", 1, 40),
+            file("d", 1, 75), // 3/4 of the target: big enough, never an input
+            file("e", 2, 10), // alone in its partition: left alone
+            file("f", 1, 20),
+            file("g", 1, 30), // same partition, other spec
+            file("h", 1, 30),
+        ];
+        let with_spec: Vec<(i32, &DataFile)> = files
+            .iter()
+            .enumerate()
+            .map(|(i, f)| (if i >= 6 { 1 } else { 0 }, f))
+            .collect();
+        let bins = plan_bins(&with_spec, &policy);
+        let names: Vec<Vec<&str>> = bins
+            .iter()
+            .map(|b| b.iter().map(|&i| files[i].file_path.as_str()).collect())
+            .collect();
+        // Largest first, first fit: a+b+f = 100, then c alone (dropped).
+        assert_eq!(names, vec![vec!["a", "b", "f"], vec!["g", "h"]]);
+        for b in &bins {
+            let total: i64 = b.iter().map(|&i| files[i].file_size_in_bytes).sum();
+            assert!(total <= 100);
+        }
+        assert_eq!(plan_bins(&with_spec, &policy), bins, "deterministic");
+    }
+
+    #[test]
+    fn garbage_and_foreign_columns_are_errors_not_panics() {
+        let schema = Schema::new(0, crate::lake::changelog::base_fields());
+        let settings = ParquetSettings {
+            compression: crate::config::Compression::Snappy,
+            row_group_size: 10,
+            target_file_size: 1 << 20,
+        };
+        let mut w = Rewriter::new(&schema, &settings).unwrap();
+        let f = file("x", 1, 10);
+        for input in [vec![], b"PAR1 not parquet".to_vec(), vec![0xff; 64]] {
+            assert_eq!(w.push_file(input, &f).unwrap_err().kind(), ErrorKind::Lake);
+        }
+        // A file of another table: a column the schema does not have.
+        let other = Schema::new(
+            0,
+            vec![crate::lake::metadata::Field {
+                id: 9_999,
+                name: "alien".into(),
+                required: false,
+                field_type: FieldType::Long,
+                doc: None,
+                extra: BTreeMap::new(),
+            }],
+        );
+        let (arrow, _) = arrow_schema(&other).unwrap();
+        let mut bytes = Vec::new();
+        let mut writer = ArrowWriter::try_new(&mut bytes, arrow.clone(), None).unwrap();
+        let col: ArrayRef = Arc::new(arrow_array::Int64Array::from(vec![Some(1)]));
+        writer
+            .write(&RecordBatch::try_new(arrow, vec![col]).unwrap())
+            .unwrap();
+        writer.close().unwrap();
+        let e = w.push_file(bytes, &f).unwrap_err();
+        assert!(
+            e.message().contains("not in the table's schema"),
+            "{}",
+            e.message()
+        );
+    }
+}
