@@ -1711,3 +1711,83 @@ mod poison {
         assert_eq!(e.kind(), ErrorKind::Lake);
     }
 }
+
+/// A replace (maintenance) never changes rows: a plan whose live rows differ
+/// from the parent's is refused, and so is a replace of a manifest that is
+/// not in the current snapshot.
+#[test]
+fn replace_commits_refuse_to_change_rows() {
+    use super::rewrite::{compaction_replace, merge_replace};
+    let opts = options(PartitionBy::None, Compression::Snappy);
+    let mut state: Option<TableState> = None;
+    let mut manifests: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    for n in 1..=3_u8 {
+        let e = event(
+            "s",
+            u64::from(n),
+            u64::from(n),
+            Op::Insert,
+            1_700_000_000_000,
+            json!({"id": n}),
+        );
+        let c = plan_commit(&[e], state.as_ref(), &opts, &ids(n)).unwrap();
+        for p in c.puts.iter().filter(|p| p.kind == ObjectKind::Manifest) {
+            manifests.insert(p.key.clone(), p.bytes.clone());
+        }
+        state = Some(c.state);
+    }
+    let state = state.unwrap();
+    let paths = TablePaths::new("default", "users").unwrap();
+    let entries: BTreeMap<String, Vec<ManifestEntry>> = state
+        .manifests
+        .iter()
+        .map(|m| {
+            let key = paths
+                .key_for_location(&state.metadata.location, &m.manifest_path)
+                .unwrap();
+            (
+                m.manifest_path.clone(),
+                read_manifest(&manifests[&key], m).unwrap(),
+            )
+        })
+        .collect();
+    let files: Vec<_> = entries.values().flatten().map(|e| e.file.clone()).collect();
+    assert_eq!(files.len(), 3);
+    // Merging all three manifests: allowed, the rows stay.
+    let bins = vec![state.manifests.clone()];
+    let merged = plan_replace(
+        &state,
+        &paths,
+        &ids(9),
+        merge_replace(&bins, &entries).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(merged.state.manifests.len(), 1);
+    assert_eq!(merged.state.manifests[0].existing_rows_count, 3);
+    let summary = &merged.state.metadata.current_snapshot().unwrap().summary;
+    assert_eq!(summary["operation"], "replace");
+    assert_eq!(summary["total-records"], "3");
+    // A compaction whose output lost a row: refused.
+    let removed = files.iter().map(|f| f.file_path.clone()).collect();
+    let mut short = files[0].clone();
+    short.file_path = "s3://lakehouse/warehouse/default/users/data/x.parquet".into();
+    short.record_count = 2;
+    let r = compaction_replace(9, 0, &removed, vec![short.clone()], &entries).unwrap();
+    let e = plan_replace(&state, &paths, &ids(9), r).unwrap_err();
+    assert!(
+        e.message().contains("must not change the rows"),
+        "{}",
+        e.message()
+    );
+    // The same with every row: allowed.
+    short.record_count = 3;
+    let r = compaction_replace(9, 0, &removed, vec![short], &entries).unwrap();
+    let c = plan_replace(&state, &paths, &ids(9), r).unwrap();
+    assert_eq!(c.state.manifests.len(), 1);
+    assert_eq!(c.state.manifests[0].deleted_files_count, 3);
+    assert_eq!(c.state.manifests[0].added_files_count, 1);
+    // A manifest that is not in the current snapshot: refused.
+    let mut r = merge_replace(&bins, &entries).unwrap();
+    r.replaced.insert("s3://elsewhere/m.avro".into());
+    assert!(plan_replace(&state, &paths, &ids(9), r).is_err());
+}
