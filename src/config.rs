@@ -39,6 +39,29 @@ pub enum PartitionBy {
     None,
 }
 
+/// Which tables DoLake makes of each CDC table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TableKinds {
+    /// The change log only (one row per event).
+    Changelog,
+    /// The current-state table only (UPDATE and DELETE applied).
+    CurrentState,
+    /// Both (the default).
+    Both,
+}
+
+impl TableKinds {
+    /// Whether change log tables are written.
+    pub fn changelog(self) -> bool {
+        self != TableKinds::CurrentState
+    }
+    /// Whether current-state tables are written.
+    pub fn current_state(self) -> bool {
+        self != TableKinds::Changelog
+    }
+}
+
 /// Rate limits (the guide's `RateLimitConfig`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -160,6 +183,10 @@ pub struct DoLakeConfig {
     pub warehouse_location: String,
     /// Iceberg namespace of the tables.
     pub namespace: String,
+    /// Which tables are made of each CDC table.
+    pub table_kinds: TableKinds,
+    /// Iceberg namespace of the current-state tables.
+    pub current_state_namespace: String,
     /// Rate limits.
     pub rate_limit: RateLimitConfig,
     /// Table maintenance.
@@ -187,6 +214,8 @@ impl Default for DoLakeConfig {
             parquet_compression: Compression::Snappy,
             partition_by: PartitionBy::Day,
             namespace: "default".to_string(),
+            table_kinds: TableKinds::Both,
+            current_state_namespace: "default_current".to_string(),
             rate_limit: RateLimitConfig::default(),
             maintenance: MaintenanceConfig::default(),
         }
@@ -222,6 +251,8 @@ struct RawConfig {
     partition_by: Option<PartitionBy>,
     warehouse_location: Option<String>,
     namespace: Option<String>,
+    table_kinds: Option<TableKinds>,
+    current_state_namespace: Option<String>,
     rate_limit: Option<RawRateLimit>,
     maintenance: Option<RawMaintenance>,
 }
@@ -385,6 +416,15 @@ impl DoLakeConfig {
         };
         let namespace = raw.namespace.unwrap_or(d.namespace);
         identifier("namespace", &namespace)?;
+        let current_state_namespace = raw
+            .current_state_namespace
+            .unwrap_or_else(|| format!("{namespace}_current"));
+        identifier("currentStateNamespace", &current_state_namespace)?;
+        if current_state_namespace == namespace {
+            return Err(config_error(
+                "DOLAKE_CONFIG key `currentStateNamespace` must differ from `namespace` (a CDC table's two tables would have one name)",
+            ));
+        }
 
         let rl = raw.rate_limit.unwrap_or(RawRateLimit {
             connections_per_second: None,
@@ -484,6 +524,8 @@ impl DoLakeConfig {
             partition_by: raw.partition_by.unwrap_or(d.partition_by),
             warehouse_location,
             namespace,
+            table_kinds: raw.table_kinds.unwrap_or(d.table_kinds),
+            current_state_namespace,
             rate_limit,
             maintenance: maintenance(raw.maintenance.unwrap_or_default())?,
         };

@@ -4,10 +4,15 @@
 
 use crate::error::{Error, Result};
 use crate::flush::maintenance;
-use crate::flush::ports::Buffer;
+use std::collections::{BTreeMap, HashMap};
+
+use roaring::RoaringBitmap;
+
+use crate::flush::ports::{Buffer, IndexStatus, RowIndex};
 use crate::flush::procedure::{self, Env, Settings};
 use crate::flush::{BufferedBatch, FlushSchedule, FlushTrigger, LoadedBatch};
 use crate::intake::BufferTotals;
+use crate::lake::current::{IndexChange, RowLoc};
 use crate::lake::CommitIds;
 use crate::protocol::FlushResult;
 
@@ -71,6 +76,31 @@ impl Buffer for BufferPort<'_> {
     }
     fn totals(&self) -> Result<BufferTotals> {
         self.store()?.load_totals()
+    }
+}
+
+/// The row index lives in the same SQLite storage as the buffer.
+impl RowIndex for BufferPort<'_> {
+    fn status(&self, table: &str) -> Result<IndexStatus> {
+        self.store()?.status(table)
+    }
+    fn lookup(&self, table: &str, keys: &[&str]) -> Result<HashMap<String, RowLoc>> {
+        self.store()?.lookup(table, keys)
+    }
+    fn deleted(&self, table: &str, files: &[&str]) -> Result<BTreeMap<String, RoaringBitmap>> {
+        self.store()?.deleted(table, files)
+    }
+    fn stage(&self, table: &str, change: &IndexChange) -> Result<()> {
+        self.store()?.stage(table, change)
+    }
+    fn apply_staged(&self, table: &str) -> Result<()> {
+        self.store()?.apply_staged(table)
+    }
+    fn discard_staged(&self, table: &str) -> Result<()> {
+        self.store()?.discard_staged(table)
+    }
+    fn clear(&self, table: &str) -> Result<()> {
+        self.store()?.clear(table)
     }
 }
 
@@ -138,7 +168,8 @@ impl DoLake {
                     target_file_bytes: TARGET_FILE_BYTES,
                     time_budget_ms: self.time_budget_ms(),
                 };
-                procedure::run(&BufferPort(self), lake, &RuntimeEnv, &settings).await
+                let port = BufferPort(self);
+                procedure::run(&port, lake, &port, &RuntimeEnv, &settings).await
             }
             (None, _, _) => failed(Error::internal("DoLake failed to start")),
             // Without its epoch no mark can be trusted: fail closed.
@@ -268,12 +299,7 @@ impl DoLake {
         let (config, tables) = match &*self.core.borrow() {
             Core::Ready(intake) => (
                 intake.config().clone(),
-                self.history
-                    .borrow()
-                    .tables
-                    .iter()
-                    .cloned()
-                    .collect::<Vec<_>>(),
+                self.history.borrow().known_tables(),
             ),
             Core::Failed(e) => return Err(e.clone()),
         };

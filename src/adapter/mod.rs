@@ -4,6 +4,7 @@
 //! logs.
 
 mod flusher;
+mod index;
 mod object;
 mod r2;
 mod store;

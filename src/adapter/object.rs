@@ -1324,6 +1324,7 @@ impl DoLake {
             "constructions": self.constructions,
             "constructedAt": self.constructed_at,
             "storageBytes": self.store.as_ref().map(Store::database_size),
+            "rowIndex": self.store.as_ref().and_then(|s| s.index_size().ok()).map(|(rows, files)| serde_json::json!({"rows": rows, "files": files})),
             "openSockets": sockets.len(),
             // Linear memory never shrinks: this is the Rust heap's high-water mark.
             "wasmMemoryBytes": core::arch::wasm32::memory_size(0) as u64 * 65_536,

@@ -50,12 +50,12 @@ fn storage_error(what: &str, e: impl std::fmt::Display) -> Error {
 }
 
 /// One SQL statement with its bindings.
-type Statement = (&'static str, Vec<SqlStorageValue>);
+pub(super) type Statement = (std::borrow::Cow<'static, str>, Vec<SqlStorageValue>);
 
 /// The SQLite storage of one DoLake object.
 pub struct Store {
     storage: Storage,
-    sql: SqlStorage,
+    pub(super) sql: SqlStorage,
 }
 
 #[derive(Deserialize)]
@@ -100,7 +100,7 @@ impl Store {
     /// Opens the storage, creating the tables on first use.
     pub fn open(storage: Storage) -> Result<Self> {
         let sql = storage.sql();
-        for statement in SCHEMA {
+        for statement in SCHEMA.iter().chain(super::index::SCHEMA) {
             sql.exec(statement, None)
                 .map_err(|e| storage_error("creating tables", e))?;
         }
@@ -250,10 +250,13 @@ impl Store {
     pub fn delete_batches(&self, last: i64) -> Result<()> {
         self.transaction(vec![
             (
-                "DELETE FROM batch_chunks WHERE batch_id <= ?",
+                "DELETE FROM batch_chunks WHERE batch_id <= ?".into(),
                 vec![last.into()],
             ),
-            ("DELETE FROM batches WHERE id <= ?", vec![last.into()]),
+            (
+                "DELETE FROM batches WHERE id <= ?".into(),
+                vec![last.into()],
+            ),
         ])
     }
 
@@ -301,7 +304,7 @@ impl Store {
     pub fn save_source(&self, source: &SourceState) -> Result<()> {
         let statement = source_statement(source)?;
         self.sql
-            .exec(statement.0, statement.1)
+            .exec(&statement.0, statement.1)
             .map(|_| ())
             .map_err(|e| storage_error("writing a source", e))
     }
@@ -312,7 +315,7 @@ impl Store {
         let mut statements: Vec<Statement> = vec![source_statement(&plan.source)?];
         for id in &plan.evicted {
             statements.push((
-                "DELETE FROM sources WHERE source_id = ?",
+                "DELETE FROM sources WHERE source_id = ?".into(),
                 vec![id.as_str().into()],
             ));
         }
@@ -323,7 +326,8 @@ impl Store {
             statements.push((
                 "INSERT INTO batches (source_id, batch_seq, first_event_seq, last_event_seq,
                     event_count, size_bytes, received_at, tables, chunks)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                    .into(),
                 vec![
                     record.source_id.as_str().into(),
                     record.batch_seq.to_string().into(),
@@ -339,7 +343,8 @@ impl Store {
             for (idx, chunk) in chunks.into_iter().enumerate() {
                 statements.push((
                     "INSERT INTO batch_chunks (batch_id, idx, data)
-                     VALUES ((SELECT max(id) FROM batches), ?, ?)",
+                     VALUES ((SELECT max(id) FROM batches), ?, ?)"
+                        .into(),
                     vec![(idx as i64).into(), chunk.into()],
                 ));
             }
@@ -349,7 +354,7 @@ impl Store {
 
     /// Runs statements in `storage.transactionSync`, so they commit together
     /// or not at all.
-    fn transaction(&self, statements: Vec<Statement>) -> Result<()> {
+    pub(super) fn transaction(&self, statements: Vec<Statement>) -> Result<()> {
         let raw: &JsValue = self.storage.as_raw().as_ref();
         let function: Function = Reflect::get(raw, &JsValue::from_str("transactionSync"))
             .ok()
@@ -358,7 +363,7 @@ impl Store {
         let sql = self.sql.clone();
         let body = Closure::once(move || -> std::result::Result<(), JsValue> {
             for (query, bindings) in statements {
-                sql.exec(query, bindings)
+                sql.exec(&query, bindings)
                     .map_err(|e| JsValue::from_str(&e.to_string()))?;
             }
             Ok(())
@@ -379,7 +384,8 @@ fn source_statement(source: &SourceState) -> Result<Statement> {
     let state = serde_json::to_string(source).map_err(|e| storage_error("encoding a source", e))?;
     Ok((
         "INSERT INTO sources (source_id, state) VALUES (?, ?)
-         ON CONFLICT(source_id) DO UPDATE SET state = excluded.state",
+         ON CONFLICT(source_id) DO UPDATE SET state = excluded.state"
+            .into(),
         vec![source.source_id.as_str().into(), state.into()],
     ))
 }

@@ -6,7 +6,9 @@ use std::rc::Rc;
 
 use serde_json::json;
 
-use super::memory::{block_on, read_table, Crash, FakeEnv, MemoryBuffer, MemoryStore, Row};
+use super::memory::{
+    block_on, read_table, Crash, FakeEnv, MemoryBuffer, MemoryIndex, MemoryStore, Row,
+};
 use super::procedure::{mark_in_history, run, Outcome, Settings};
 use crate::config::DoLakeConfig;
 use crate::lake::{TableMetadata, TablePaths, REJECTED_TABLE};
@@ -30,6 +32,7 @@ pub(super) struct World {
     pub(super) crash: Rc<Crash>,
     pub(super) buffer: MemoryBuffer,
     pub(super) store: MemoryStore,
+    pub(super) index: MemoryIndex,
     pub(super) env: FakeEnv,
     pub(super) config: DoLakeConfig,
 }
@@ -40,10 +43,18 @@ impl World {
         Self {
             buffer: MemoryBuffer::new(crash.clone()),
             store: MemoryStore::new(crash.clone()),
+            index: MemoryIndex::new(crash.clone()),
             crash,
             env: FakeEnv::new(1_700_000_000_000, 1),
             config: config(),
         }
+    }
+    /// Makes this world a copy of `other` (a restarted object).
+    pub(super) fn copy_from(&self, other: &World) {
+        self.store.copy_from(&other.store);
+        self.env.copy_from(&other.env);
+        self.buffer.copy_from(&other.buffer);
+        self.index.copy_from(&other.index);
     }
     pub(super) fn flush_with(&self, step_budget_bytes: u64, time_budget_ms: i64) -> Outcome {
         let settings = Settings {
@@ -53,7 +64,13 @@ impl World {
             target_file_bytes: 1 << 20,
             time_budget_ms,
         };
-        block_on(run(&self.buffer, &self.store, &self.env, &settings))
+        block_on(run(
+            &self.buffer,
+            &self.store,
+            &self.index,
+            &self.env,
+            &settings,
+        ))
     }
     pub(super) fn flush(&self) -> Outcome {
         self.flush_with(4 << 20, 20_000)

@@ -31,17 +31,19 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use super::TableRef;
 use crate::error::{Error, ErrorKind, Result};
 use crate::lake::compact::{compactable, plan_bins, CompactPolicy, Rewriter};
 use crate::lake::parquet::ParquetSettings;
 use crate::lake::rewrite::{compaction_replace, merge_bins, merge_replace};
+use crate::lake::TableKind;
 use crate::lake::{
     plan_expire, plan_replace, read_manifest, read_manifest_list, ExpirePolicy, ManifestEntry,
     ManifestFile, MergePolicy, TableMetadata, TablePaths, TableState,
 };
 
 use super::ports::{ObjectStore, Part};
-use super::procedure::{load, put_commit, Env, Loaded, Outcome, Settings};
+use super::procedure::{load_ref, put_commit, Env, Loaded, Outcome, Settings};
 
 /// R2's smallest multipart part (all parts but the last): 5 MiB.
 pub const MIN_PART_BYTES: usize = 5 * 1024 * 1024;
@@ -195,7 +197,7 @@ pub async fn run<O: ObjectStore, E: Env>(
     env: &E,
     settings: &Settings<'_>,
     policy: &Policy,
-    tables: &[String],
+    tables: &[TableRef],
 ) -> Report {
     let start = env.now();
     let mut report = Report::default();
@@ -211,7 +213,7 @@ pub async fn run<O: ObjectStore, E: Env>(
             Ok(Done::OutOfTime) => report.more = true,
             Err(e) => r.error = Some(e.message().to_string()),
         }
-        report.tables.insert(table.clone(), r);
+        report.tables.insert(table.label(settings.config), r);
     }
     report
 }
@@ -222,7 +224,7 @@ enum Done {
 }
 
 struct Table<'a> {
-    name: &'a str,
+    name: &'a TableRef,
     paths: TablePaths,
     state: TableState,
 }
@@ -230,15 +232,18 @@ struct Table<'a> {
 async fn reload<O: ObjectStore>(
     objects: &O,
     settings: &Settings<'_>,
-    name: &str,
+    name: &TableRef,
 ) -> Result<Option<TableState>> {
     let mut scratch = Outcome::default();
-    match load(objects, settings, name, &mut scratch).await? {
+    match load_ref(objects, settings, name, &mut scratch).await? {
         Loaded::Ready(state) => Ok(Some(*state)),
         Loaded::Missing => Ok(None),
         Loaded::Unwritable(why) => Err(Error::new(
             ErrorKind::Lake,
-            format!("table {name} cannot be maintained: {why}"),
+            format!(
+                "table {} cannot be maintained: {why}",
+                name.label(settings.config)
+            ),
         )),
     }
 }
@@ -248,7 +253,7 @@ async fn maintain<O: ObjectStore, E: Env>(
     env: &E,
     settings: &Settings<'_>,
     policy: &Policy,
-    name: &str,
+    name: &TableRef,
     start: i64,
     r: &mut TableReport,
 ) -> Result<Done> {
@@ -257,12 +262,18 @@ async fn maintain<O: ObjectStore, E: Env>(
     };
     let mut t = Table {
         name,
-        paths: TablePaths::new(&settings.config.namespace, name)?,
+        paths: name.paths(settings.config)?,
         state,
     };
     let out_of_time = |env: &E| env.now() - start >= settings.time_budget_ms;
 
-    if let Some(compact) = &policy.compact {
+    // Compaction of a current-state table must apply its deletes and move
+    // its row index; until it does, those tables are not compacted.
+    let compact = policy
+        .compact
+        .as_ref()
+        .filter(|_| name.kind == TableKind::Changelog);
+    if let Some(compact) = compact {
         // Manifest entries read once; each compaction reads only the manifest
         // it wrote.
         let mut entries = BTreeMap::new();
@@ -346,7 +357,7 @@ async fn commit<O: ObjectStore>(
     r: &mut TableReport,
 ) -> Result<()> {
     let mut scratch = Outcome::default();
-    put_commit(objects, c.puts, t.name, &mut scratch).await?;
+    put_commit(objects, c.puts, &t.name.name, &mut scratch).await?;
     t.state = c.state;
     r.commits += 1;
     Ok(())

@@ -11,6 +11,7 @@ use super::crash_tests::{event, World, NS};
 use super::maintenance::{run, Policy, Report};
 use super::memory::block_on;
 use super::procedure::Settings;
+use super::TableRef;
 use crate::lake::compact::CompactPolicy;
 use crate::lake::{
     read_manifest, read_manifest_list, ExpirePolicy, MergePolicy, TableMetadata, TablePaths,
@@ -95,7 +96,7 @@ fn maintain(w: &World, policy: &Policy) -> Report {
         target_file_bytes: 1 << 20,
         time_budget_ms: 20_000,
     };
-    let tables: Vec<String> = TABLES.iter().map(|t| t.to_string()).collect();
+    let tables: Vec<TableRef> = TABLES.iter().map(|t| TableRef::changelog(t)).collect();
     block_on(run(&w.store, &w.env, &settings, policy, &tables))
 }
 
@@ -313,6 +314,7 @@ fn marks_survive_maintenance_commits() {
     probe.store.copy_from(&w.store);
     probe.env.copy_from(&w.env);
     probe.buffer.copy_from(&w.buffer);
+    probe.index.copy_from(&w.index);
     probe.buffer.push("s1", 99, batch());
     let start = probe.crash.ops();
     assert!(probe.flush().error.is_none());
@@ -356,6 +358,7 @@ fn a_crash_at_any_maintenance_operation_keeps_every_row_and_every_live_file() {
     let clean = world();
     clean.store.copy_from(&base.store);
     clean.env.copy_from(&base.env);
+    clean.index.copy_from(&base.index);
     let clean_report = maintain(&clean, &policy());
     assert!(clean_report.tables.values().all(|r| r.error.is_none()));
     let total = clean.crash.ops();
@@ -367,6 +370,7 @@ fn a_crash_at_any_maintenance_operation_keeps_every_row_and_every_live_file() {
         let w = world();
         w.store.copy_from(&base.store);
         w.env.copy_from(&base.env);
+        w.index.copy_from(&base.index);
         w.crash.at(at);
         let report = maintain(&w, &policy());
         w.crash.heal();

@@ -5,7 +5,7 @@
 //! files, as an engine would.
 
 use std::cell::{Cell, RefCell};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
@@ -14,11 +14,14 @@ use arrow_array::{Array, Decimal128Array, Int64Array, RecordBatch, StringArray};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use super::faults::CommitStep;
-use super::ports::{Buffer, Listed, ObjectStore, Part, Put};
+use roaring::RoaringBitmap;
+
+use super::ports::{Buffer, IndexStatus, Listed, ObjectStore, Part, Put, RowIndex};
 use super::procedure::Env;
 use super::{BufferedBatch, LoadedBatch};
 use crate::error::{Error, Result};
 use crate::intake::BufferTotals;
+use crate::lake::current::{IndexChange, RowLoc};
 use crate::lake::{CommitIds, TableMetadata, TablePaths};
 use crate::protocol::CdcEvent;
 
@@ -329,7 +332,8 @@ pub(crate) type Row = BTreeMap<String, String>;
 
 /// Reads every live row of `table` as an engine would: the hint, the
 /// metadata it names, the current snapshot's manifest list, its manifests
-/// and their data files. `None` when the table does not exist.
+/// and their data files, less the positions its position delete files
+/// delete. `None` when the table does not exist.
 pub(crate) fn read_table(store: &MemoryStore, namespace: &str, table: &str) -> Option<Vec<Row>> {
     let paths = TablePaths::new(namespace, table).unwrap();
     let hint = store.object(&paths.version_hint_key())?;
@@ -346,37 +350,57 @@ pub(crate) fn read_table(store: &MemoryStore, namespace: &str, table: &str) -> O
         return Some(rows);
     };
     let list = store.object(&key_of(&snapshot.manifest_list)).unwrap();
-    for manifest in crate::lake::read_manifest_list(&list).unwrap() {
-        let bytes = store.object(&key_of(&manifest.manifest_path)).unwrap();
-        for entry in apache_avro::Reader::new(&bytes[..]).unwrap() {
-            let apache_avro::types::Value::Record(fields) = entry.unwrap() else {
-                panic!("manifest entry is not a record")
-            };
-            let field = |name: &str| fields.iter().find(|(n, _)| n == name).map(|(_, v)| v);
-            if matches!(field("status"), Some(apache_avro::types::Value::Int(2))) {
-                continue;
-            }
-            let Some(apache_avro::types::Value::Record(file)) = field("data_file") else {
-                panic!("entry without data_file")
-            };
-            let path = file
-                .iter()
-                .find_map(|(n, v)| match (n.as_str(), v) {
-                    ("file_path", apache_avro::types::Value::String(s)) => Some(s.clone()),
-                    _ => None,
-                })
-                .unwrap();
-            let data = store.object(&key_of(&path)).unwrap();
-            let reader = ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(data))
-                .unwrap()
-                .build()
-                .unwrap();
-            for batch in reader {
-                rows.extend(batch_rows(&batch.unwrap()));
+    let manifests = crate::lake::read_manifest_list(&list).unwrap();
+    let live = |m: &crate::lake::ManifestFile| {
+        let bytes = store.object(&key_of(&m.manifest_path)).unwrap();
+        crate::lake::read_manifest(&bytes, m)
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.status.is_live())
+            .collect::<Vec<_>>()
+    };
+    // Deleted positions per data file, from every live position delete file
+    // (a reader must not assume one per data file).
+    let mut deleted: BTreeMap<String, std::collections::BTreeSet<i64>> = BTreeMap::new();
+    for m in manifests.iter().filter(|m| m.content == 1) {
+        for e in live(m) {
+            assert_eq!(e.file.content, 1, "a data file in a delete manifest");
+            let data = store.object(&key_of(&e.file.file_path)).unwrap();
+            for row in parquet_rows(data) {
+                deleted
+                    .entry(row["file_path"].clone())
+                    .or_default()
+                    .insert(row["pos"].parse().unwrap());
             }
         }
     }
+    for m in manifests.iter().filter(|m| m.content == 0) {
+        for e in live(m) {
+            assert_eq!(e.file.content, 0, "a delete file in a data manifest");
+            let data = store.object(&key_of(&e.file.file_path)).unwrap();
+            let gone = deleted.remove(&e.file.file_path).unwrap_or_default();
+            rows.extend(
+                parquet_rows(data)
+                    .into_iter()
+                    .enumerate()
+                    .filter(|(pos, _)| !gone.contains(&(*pos as i64)))
+                    .map(|(_, row)| row),
+            );
+        }
+    }
+    assert!(
+        deleted.values().all(|d| d.is_empty()),
+        "position deletes of files not in the table: {deleted:?}"
+    );
     Some(rows)
+}
+
+fn parquet_rows(data: Vec<u8>) -> Vec<Row> {
+    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(data))
+        .unwrap()
+        .build()
+        .unwrap();
+    reader.flat_map(|b| batch_rows(&b.unwrap())).collect()
 }
 
 fn batch_rows(batch: &RecordBatch) -> Vec<Row> {
@@ -407,4 +431,113 @@ fn batch_rows(batch: &RecordBatch) -> Vec<Row> {
 /// Any other column as debug text (enough to compare values).
 fn arrow_cast_text(col: &dyn Array, i: usize) -> String {
     format!("{:?}", col.slice(i, 1))
+}
+
+/// One table's row index in [`MemoryIndex`].
+#[derive(Debug, Clone, Default)]
+pub(crate) struct IndexedTable {
+    pub(crate) rows: BTreeMap<String, RowLoc>,
+    pub(crate) files: BTreeMap<String, RoaringBitmap>,
+    pub(crate) positions: Option<i64>,
+    staged: Option<IndexChange>,
+}
+
+/// The row index in memory, failing with the shared crash switch.
+pub(crate) struct MemoryIndex {
+    crash: Rc<Crash>,
+    tables: RefCell<BTreeMap<String, IndexedTable>>,
+}
+
+impl MemoryIndex {
+    pub(crate) fn new(crash: Rc<Crash>) -> Self {
+        Self {
+            crash,
+            tables: RefCell::default(),
+        }
+    }
+    /// Replaces this index by a copy of `other` (a restarted object).
+    pub(crate) fn copy_from(&self, other: &MemoryIndex) {
+        *self.tables.borrow_mut() = other.tables.borrow().clone();
+    }
+    /// The index of `table`.
+    pub(crate) fn table(&self, table: &str) -> IndexedTable {
+        self.tables.borrow().get(table).cloned().unwrap_or_default()
+    }
+    /// Forgets everything (storage lost).
+    pub(crate) fn wipe(&self) {
+        self.tables.borrow_mut().clear();
+    }
+}
+
+impl RowIndex for MemoryIndex {
+    fn status(&self, table: &str) -> Result<IndexStatus> {
+        self.crash.op("index status")?;
+        let t = self.table(table);
+        Ok(IndexStatus {
+            positions: t.positions,
+            staged: t.staged.and_then(|s| s.positions_id),
+        })
+    }
+    fn lookup(&self, table: &str, keys: &[&str]) -> Result<HashMap<String, RowLoc>> {
+        self.crash.op("index lookup")?;
+        let tables = self.tables.borrow();
+        let Some(t) = tables.get(table) else {
+            return Ok(HashMap::new());
+        };
+        Ok(keys
+            .iter()
+            .filter_map(|k| t.rows.get(*k).map(|l| (k.to_string(), l.clone())))
+            .collect())
+    }
+    fn deleted(&self, table: &str, files: &[&str]) -> Result<BTreeMap<String, RoaringBitmap>> {
+        self.crash.op("index deleted")?;
+        let t = self.table(table);
+        Ok(files
+            .iter()
+            .filter_map(|f| t.files.get(*f).map(|b| (f.to_string(), b.clone())))
+            .collect())
+    }
+    fn stage(&self, table: &str, change: &IndexChange) -> Result<()> {
+        self.crash.op("index stage")?;
+        self.tables
+            .borrow_mut()
+            .entry(table.to_string())
+            .or_default()
+            .staged = Some(change.clone());
+        Ok(())
+    }
+    fn apply_staged(&self, table: &str) -> Result<()> {
+        self.crash.op("index apply")?;
+        let mut tables = self.tables.borrow_mut();
+        let t = tables.entry(table.to_string()).or_default();
+        let Some(change) = t.staged.take() else {
+            return Ok(());
+        };
+        for f in &change.dropped_files {
+            t.files.remove(f);
+        }
+        for (f, bitmap) in change.files {
+            t.files.insert(f, bitmap);
+        }
+        for (key, loc) in change.rows {
+            match loc {
+                Some(loc) => t.rows.insert(key, loc),
+                None => t.rows.remove(&key),
+            };
+        }
+        t.positions = change.positions_id;
+        Ok(())
+    }
+    fn discard_staged(&self, table: &str) -> Result<()> {
+        self.crash.op("index discard")?;
+        if let Some(t) = self.tables.borrow_mut().get_mut(table) {
+            t.staged = None;
+        }
+        Ok(())
+    }
+    fn clear(&self, table: &str) -> Result<()> {
+        self.crash.op("index clear")?;
+        self.tables.borrow_mut().remove(table);
+        Ok(())
+    }
 }

@@ -17,6 +17,7 @@
 //! batch acked late with a lower sequence number than one already committed
 //! must still be committed.
 
+pub mod current;
 pub mod faults;
 pub mod maintenance;
 #[cfg(test)]
@@ -29,7 +30,7 @@ use std::collections::BTreeMap;
 use crate::config::DoLakeConfig;
 use crate::error::{Error, Result};
 use crate::intake::BufferTotals;
-use crate::lake::{ChangeEvent, Op};
+use crate::lake::{ChangeEvent, Op, TableKind};
 use crate::protocol::{CdcEvent, Operation};
 
 /// Summary key prefix of the buffer marks (carried forward by the lake writer).
@@ -48,6 +49,58 @@ pub fn buffer_mark(summary: &BTreeMap<String, String>, epoch: &str) -> Option<i6
     summary
         .get(&buffer_mark_key(epoch))
         .and_then(|v| v.parse().ok())
+}
+
+/// A table DoLake writes: its kind, and the CDC table it is made from (or
+/// the name of one of DoLake's own tables, which are change logs).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TableRef {
+    /// Change log or current state.
+    pub kind: TableKind,
+    /// The CDC table's name.
+    pub name: String,
+}
+
+impl TableRef {
+    /// The change log of CDC table `name`.
+    pub fn changelog(name: &str) -> Self {
+        Self {
+            kind: TableKind::Changelog,
+            name: name.to_string(),
+        }
+    }
+
+    /// The current-state table of CDC table `name`.
+    pub fn current(name: &str) -> Self {
+        Self {
+            kind: TableKind::CurrentState,
+            name: name.to_string(),
+        }
+    }
+
+    /// The Iceberg namespace the table is in under `config`.
+    pub fn namespace<'c>(&self, config: &'c DoLakeConfig) -> &'c str {
+        match self.kind {
+            TableKind::Changelog => &config.namespace,
+            TableKind::CurrentState => &config.current_state_namespace,
+        }
+    }
+
+    /// The table's object keys under `config`.
+    pub fn paths(&self, config: &DoLakeConfig) -> Result<crate::lake::TablePaths> {
+        crate::lake::TablePaths::new(self.namespace(config), &self.name)
+    }
+
+    /// How status and metrics name the table: a change log by its CDC
+    /// table's name, a current-state table as `{namespace}.{name}`.
+    pub fn label(&self, config: &DoLakeConfig) -> String {
+        match self.kind {
+            TableKind::Changelog => self.name.clone(),
+            TableKind::CurrentState => {
+                format!("{}.{}", config.current_state_namespace, self.name)
+            }
+        }
+    }
 }
 
 /// Why a flush runs.
@@ -118,8 +171,16 @@ pub struct FlushHistory {
     /// Tables DoLake cannot extend (their events are dead-lettered), with
     /// the reason, as last seen.
     pub unwritable_tables: BTreeMap<String, String>,
-    /// Every table a flush committed to: the tables maintenance keeps.
+    /// Every change log (and DoLake's own table) a flush committed to: the
+    /// tables maintenance keeps, with [`current_tables`](Self::current_tables).
     pub tables: std::collections::BTreeSet<String>,
+    /// Every current-state table a flush committed to, by CDC table.
+    pub current_tables: std::collections::BTreeSet<String>,
+    /// What current-state commits counted, over every flush.
+    pub current_state: crate::lake::current::CurrentCounts,
+    /// Row indexes that did not agree with their table and were repaired
+    /// (a staged change applied or discarded, or a rebuild).
+    pub index_repairs: u64,
     /// Table maintenance.
     pub maintenance: MaintenanceHistory,
 }
@@ -205,7 +266,7 @@ impl MaintenanceHistory {
         config: &crate::config::MaintenanceConfig,
         history: &FlushHistory,
     ) -> Option<i64> {
-        if !config.enabled || history.tables.is_empty() {
+        if !config.enabled || (history.tables.is_empty() && history.current_tables.is_empty()) {
             return None;
         }
         let interval = i64::try_from(config.interval_ms).unwrap_or(i64::MAX / 4);
@@ -230,6 +291,14 @@ impl MaintenanceHistory {
 }
 
 impl FlushHistory {
+    /// Every table maintenance keeps.
+    pub fn known_tables(&self) -> Vec<TableRef> {
+        let changelogs = self.tables.iter().map(|t| TableRef::changelog(t));
+        changelogs
+            .chain(self.current_tables.iter().map(|t| TableRef::current(t)))
+            .collect()
+    }
+
     /// Records a flush that started at `start` and ended at `end`.
     pub fn record(&mut self, start: i64, end: i64, outcome: &procedure::Outcome) {
         self.last_attempt_ms = Some(start);
@@ -241,7 +310,14 @@ impl FlushHistory {
         self.last_duration_ms = (end - start).max(0) as u64;
         self.unwritable_tables
             .extend(outcome.unwritable_tables.clone());
-        self.tables.extend(outcome.committed_tables.iter().cloned());
+        self.current_state.add(&outcome.current);
+        self.index_repairs += outcome.index_repairs;
+        for t in &outcome.committed_tables {
+            match t.kind {
+                TableKind::Changelog => self.tables.insert(t.name.clone()),
+                TableKind::CurrentState => self.current_tables.insert(t.name.clone()),
+            };
+        }
         match &outcome.error {
             None => {
                 self.continuing = outcome.more;
@@ -473,6 +549,8 @@ pub fn parse_payload(payload: &str) -> Result<Vec<CdcEvent>> {
 
 #[cfg(test)]
 mod crash_tests;
+#[cfg(test)]
+mod current_tests;
 #[cfg(test)]
 mod maintenance_tests;
 #[cfg(test)]

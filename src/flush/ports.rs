@@ -1,10 +1,16 @@
-//! What the flush procedure needs from the outside world, as two small
-//! traits: the durable buffer and the object store. The Durable Object
+//! What the flush procedure needs from the outside world, as small traits:
+//! the durable buffer, the object store, and the row index of the
+//! current-state tables. The Durable Object
 //! implements them over SQLite and R2; native tests implement them in memory
 //! (see `memory`), with failures injected at every step.
 
+use std::collections::{BTreeMap, HashMap};
+
+use roaring::RoaringBitmap;
+
 use crate::error::Result;
 use crate::intake::BufferTotals;
+use crate::lake::current::{IndexChange, RowLoc};
 
 use super::faults::CommitStep;
 use super::{BufferedBatch, LoadedBatch};
@@ -79,4 +85,41 @@ pub trait ObjectStore {
     async fn step_done(&self, _step: CommitStep) -> Result<()> {
         Ok(())
     }
+}
+
+/// The row index of the current-state tables (see `lake::current`): for
+/// each table (named by its CDC table), where each live row key lies and
+/// which positions of each data file are deleted. Changes are staged before
+/// the commit they describe and applied once it has happened (see
+/// `flush::current`).
+pub trait RowIndex {
+    /// What the index of `table` holds.
+    fn status(&self, table: &str) -> Result<IndexStatus>;
+    /// Where the rows of `keys` lie (keys not in the table are absent).
+    fn lookup(&self, table: &str, keys: &[&str]) -> Result<HashMap<String, RowLoc>>;
+    /// The deleted positions of each of `files` (data file locations).
+    fn deleted(&self, table: &str, files: &[&str]) -> Result<BTreeMap<String, RoaringBitmap>>;
+    /// Stores `change` beside the index, not applied (replaces any staged
+    /// change). All or nothing.
+    fn stage(&self, table: &str, change: &IndexChange) -> Result<()>;
+    /// Applies the staged change and makes its `positions_id` the index's
+    /// positions. All or nothing; nothing staged is a no-op.
+    fn apply_staged(&self, table: &str) -> Result<()>;
+    /// Forgets the staged change.
+    fn discard_staged(&self, table: &str) -> Result<()>;
+    /// Empties the index of `table`: no rows, no files, nothing staged,
+    /// positions unknown.
+    fn clear(&self, table: &str) -> Result<()>;
+}
+
+/// The state of one table's row index.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IndexStatus {
+    /// The [`SUMMARY_POSITIONS`](crate::lake::current::SUMMARY_POSITIONS)
+    /// of the table state the index describes (0: a table without one, or
+    /// none); `None` when the index is not known to describe any (never
+    /// built, or a rebuild under way).
+    pub positions: Option<i64>,
+    /// The positions id of the staged change, if one is staged with one.
+    pub staged: Option<i64>,
 }

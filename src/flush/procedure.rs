@@ -22,12 +22,15 @@ use crate::config::DoLakeConfig;
 use crate::error::{Error, ErrorKind, Result};
 use crate::lake::{
     plan_commit_with_marks, ChangeEvent, Commit, CommitIds, ObjectKind, PutObject, TableMetadata,
-    TablePaths, TableState, WriteOptions,
+    TableState, WriteOptions,
 };
 
+use super::current::{lookups, sync, Synced};
 use super::faults::CommitStep;
-use super::ports::{Buffer, ObjectStore, Put};
-use super::{buffer_mark, buffer_mark_key, chunk_len, plan_step, TableWork};
+use super::ports::{Buffer, ObjectStore, Put, RowIndex};
+use super::{buffer_mark, buffer_mark_key, chunk_len, plan_step, TableRef, TableWork};
+use crate::lake::current::{plan_current_commit, CurrentCommit, CurrentCounts, Lookups};
+use crate::lake::TableKind;
 
 /// Most batches listed per step.
 const LIST_LIMIT: u32 = 100_000;
@@ -83,7 +86,12 @@ pub struct Outcome {
     /// be extended, with the reason.
     pub unwritable_tables: BTreeMap<String, String>,
     /// Tables committed to (the dead-letter table included).
-    pub committed_tables: std::collections::BTreeSet<String>,
+    pub committed_tables: std::collections::BTreeSet<TableRef>,
+    /// What the current-state commits counted, over the flush.
+    pub current: CurrentCounts,
+    /// Row indexes synced with their tables other than by being current
+    /// (a staged change applied or discarded, a rebuild).
+    pub index_repairs: u64,
 }
 
 impl Outcome {
@@ -106,16 +114,23 @@ impl Outcome {
 
 /// Runs a flush until the buffer is empty, the time budget is used, or a
 /// step fails.
-pub async fn run<B: Buffer, O: ObjectStore, E: Env>(
+pub async fn run<B: Buffer, O: ObjectStore, I: RowIndex, E: Env>(
     buffer: &B,
     objects: &O,
+    index: &I,
     env: &E,
     settings: &Settings<'_>,
 ) -> Outcome {
     let start = env.now();
     let mut out = Outcome::default();
+    let ports = Ports {
+        objects,
+        index,
+        env,
+        settings,
+    };
     loop {
-        match step(buffer, objects, env, settings, start, &mut out).await {
+        match step(buffer, &ports, start, &mut out).await {
             Ok(StepEnd::Empty) => return out,
             Ok(StepEnd::Done) if env.now() - start >= settings.time_budget_ms => {
                 out.more = true;
@@ -162,14 +177,32 @@ impl Loaded {
     }
 }
 
-async fn step<B: Buffer, O: ObjectStore, E: Env>(
+/// The ports and settings a flush step works with.
+struct Ports<'a, O, I, E> {
+    objects: &'a O,
+    index: &'a I,
+    env: &'a E,
+    settings: &'a Settings<'a>,
+}
+
+/// A table's planned commit.
+enum Planned {
+    Changelog(TableRef, Box<Commit>),
+    Current(TableRef, Box<CurrentCommit>),
+}
+
+async fn step<B: Buffer, O: ObjectStore, I: RowIndex, E: Env>(
     buffer: &B,
-    objects: &O,
-    env: &E,
-    settings: &Settings<'_>,
+    ports: &Ports<'_, O, I, E>,
     start: i64,
     out: &mut Outcome,
 ) -> Result<StepEnd> {
+    let Ports {
+        objects,
+        env,
+        settings,
+        ..
+    } = *ports;
     let rows = buffer.list(LIST_LIMIT)?;
     if rows.is_empty() {
         return Ok(StepEnd::Empty);
@@ -180,29 +213,98 @@ async fn step<B: Buffer, O: ObjectStore, E: Env>(
     let batches = buffer.load(first, last)?;
     let batch_count = batches.len() as u64;
 
-    let mut tables: BTreeMap<String, Loaded> = BTreeMap::new();
+    let kinds = settings.config.table_kinds;
+    let mut refs: Vec<fn(&str) -> TableRef> = Vec::new();
+    if kinds.changelog() {
+        refs.push(TableRef::changelog);
+    }
+    if kinds.current_state() {
+        refs.push(TableRef::current);
+    }
+    let mut tables: BTreeMap<TableRef, Loaded> = BTreeMap::new();
     for batch in &batches {
         for event in &batch.events {
-            if !tables.contains_key(&event.table) {
-                let loaded = load(objects, settings, &event.table, out).await?;
-                tables.insert(event.table.clone(), loaded);
+            for make in &refs {
+                let r = make(&event.table);
+                if let std::collections::btree_map::Entry::Vacant(slot) = tables.entry(r) {
+                    let loaded = load_ref(objects, settings, slot.key(), out).await?;
+                    slot.insert(loaded);
+                }
             }
         }
     }
+    // Each row index agrees with its table before anything is planned, even
+    // for tables that have nothing left to commit in this step (a crash
+    // after a commit point leaves a staged change to apply).
+    for (r, loaded) in &tables {
+        if r.kind != TableKind::CurrentState || matches!(loaded, Loaded::Unwritable(_)) {
+            continue;
+        }
+        let paths = r.paths(settings.config)?;
+        if sync(objects, ports.index, &paths, &r.name, loaded.state()).await? != Synced::Current {
+            out.index_repairs += 1;
+        }
+    }
+    let mark_of = |tables: &BTreeMap<TableRef, Loaded>, r: &TableRef| {
+        mark_in_history(&tables.get(r)?.state()?.metadata, settings.epoch)
+    };
+    // A row is left out of the step only when every table of its CDC
+    // table holds it; each table then skips what its own mark covers.
     let work = plan_step(batches, |table| {
-        mark_in_history(&tables.get(table)?.state()?.metadata, settings.epoch)
+        refs.iter()
+            .map(|make| mark_of(&tables, &make(table)))
+            .collect::<Option<Vec<i64>>>()?
+            .into_iter()
+            .min()
     });
 
     // Plan every table first: what no table can take is known before any
     // table commits, so the dead-letter commit can go first (a retry skips
     // committed tables and would never see their rejects again).
     let mut rejected: Vec<Rejected> = Vec::new();
-    let mut commits: Vec<(String, Commit)> = Vec::new();
-    for (table, work) in work {
+    let mut commits: Vec<Planned> = Vec::new();
+    for (table, mut work) in work {
         if work.events.is_empty() {
             continue;
         }
-        let loaded = tables.remove(&table).unwrap_or(Loaded::Missing);
+        if kinds.current_state() {
+            let r = TableRef::current(&table);
+            let mark = mark_of(&tables, &r);
+            let loaded = tables.remove(&r).unwrap_or(Loaded::Missing);
+            let from = work
+                .rows
+                .partition_point(|row| mark.is_some_and(|m| *row <= m));
+            let planned = plan_current(ports, &r, &work, from, &loaded, out).await?;
+            // Events the lake's rule refuses are dead-lettered once, by the
+            // change log when there is one.
+            for (i, reason, refused) in planned.rejected {
+                if !refused || !kinds.changelog() {
+                    rejected.push(Rejected {
+                        table: r.label(settings.config),
+                        reason,
+                        row: work.rows[i],
+                        event: work.events[i].clone(),
+                    });
+                }
+            }
+            if let Some(c) = planned.commit {
+                commits.push(Planned::Current(r, Box::new(c)));
+            }
+        }
+        if !kinds.changelog() {
+            continue;
+        }
+        let r = TableRef::changelog(&table);
+        let mark = mark_of(&tables, &r);
+        let loaded = tables.remove(&r).unwrap_or(Loaded::Missing);
+        let from = work
+            .rows
+            .partition_point(|row| mark.is_some_and(|m| *row <= m));
+        work.rows.drain(..from);
+        work.events.drain(..from);
+        if work.events.is_empty() {
+            continue;
+        }
         if let Loaded::Unwritable(why) = &loaded {
             out.unwritable_tables.insert(table.clone(), why.clone());
             let reason = format!("table {table} cannot be extended by DoLake: {why}");
@@ -222,29 +324,184 @@ async fn step<B: Buffer, O: ObjectStore, E: Env>(
         let (commit, bad) = plan_table(&table, work, loaded.state(), env, settings)?;
         rejected.extend(bad);
         if let Some(commit) = commit {
-            commits.push((table, commit));
+            commits.push(Planned::Changelog(r, Box::new(commit)));
         }
     }
 
     if !rejected.is_empty() {
         commit_rejected(objects, env, settings, last, rejected, out).await?;
     }
-    for (i, (table, commit)) in commits.into_iter().enumerate() {
+    for (i, planned) in commits.into_iter().enumerate() {
         if i > 0 && env.now() - start >= settings.time_budget_ms {
             return Ok(StepEnd::OutOfTime);
         }
-        let rows = commit.rows;
-        let overflow = commit.overflow_total();
-        put_commit(objects, commit.puts, &table, out).await?;
-        out.committed_tables.insert(table.clone());
-        out.events_flushed += rows;
-        if overflow > 0 {
-            *out.overflow.entry(table).or_default() += overflow;
+        match planned {
+            Planned::Changelog(r, commit) => {
+                let commit = *commit;
+                let rows = commit.rows;
+                let overflow = commit.overflow_total();
+                put_commit(objects, commit.puts, &r.name, out).await?;
+                out.committed_tables.insert(r.clone());
+                out.events_flushed += rows;
+                if overflow > 0 {
+                    *out.overflow.entry(r.name).or_default() += overflow;
+                }
+            }
+            Planned::Current(r, c) => {
+                let CurrentCommit {
+                    commit,
+                    index,
+                    counts,
+                } = *c;
+                let events = counts.events;
+                // Staged before the commit point, applied after it (see
+                // `flush::current`).
+                ports.index.stage(&r.name, &index)?;
+                put_commit(objects, commit.puts, &r.name, out).await?;
+                ports.index.apply_staged(&r.name)?;
+                out.committed_tables.insert(r.clone());
+                out.current.add(&counts);
+                if !kinds.changelog() {
+                    out.events_flushed += events;
+                    let overflow = commit.overflow.values().sum::<u64>();
+                    if overflow > 0 {
+                        *out.overflow.entry(r.label(settings.config)).or_default() += overflow;
+                    }
+                }
+            }
         }
     }
     buffer.delete_through(last)?;
     out.batches_flushed += batch_count;
     Ok(StepEnd::Done)
+}
+
+/// An event left out of a plan: its index, the reason, and whether the
+/// lake's rule refused it (rather than planning this table).
+type Refused = (usize, String, bool);
+
+/// A current-state table's plan for a step.
+struct CurrentPlan {
+    commit: Option<CurrentCommit>,
+    /// Events left out (indexes into the work).
+    rejected: Vec<Refused>,
+}
+
+/// Plans the commit of `work.events[from..]` to current-state table `r`:
+/// syncs its row index with the table, looks up the rows' keys, plans.
+async fn plan_current<O: ObjectStore, I: RowIndex, E: Env>(
+    ports: &Ports<'_, O, I, E>,
+    r: &TableRef,
+    work: &TableWork,
+    from: usize,
+    loaded: &Loaded,
+    out: &mut Outcome,
+) -> Result<CurrentPlan> {
+    let Ports {
+        objects,
+        index,
+        env,
+        settings,
+    } = *ports;
+    let mut plan = CurrentPlan {
+        commit: None,
+        rejected: Vec::new(),
+    };
+    let events = &work.events[from..];
+    if events.is_empty() {
+        return Ok(plan);
+    }
+    if let Loaded::Unwritable(why) = loaded {
+        let label = r.label(settings.config);
+        out.unwritable_tables.insert(label.clone(), why.clone());
+        let reason = format!("table {label} cannot be extended by DoLake: {why}");
+        plan.rejected = (from..work.events.len())
+            .map(|i| (i, reason.clone(), false))
+            .collect();
+        return Ok(plan);
+    }
+    let paths = r.paths(settings.config)?;
+    let state = loaded.state();
+    let mut keys: Vec<&str> = events.iter().map(|e| e.row_id.as_str()).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    let looked = lookups(objects, index, &paths, &r.name, state, &keys).await?;
+    let lookups = Lookups {
+        locs: &looked.locs,
+        deleted: &looked.deleted,
+        delete_entries: &looked.delete_entries,
+    };
+    let mut options = WriteOptions::from_config(settings.config, &r.name);
+    options.namespace = r.namespace(settings.config).to_string();
+    options.target_file_size = settings.target_file_bytes;
+    let marks = BTreeMap::from([(buffer_mark_key(settings.epoch), work.mark.to_string())]);
+    let ids = env.commit_ids(env.now());
+    let planner = |evs: &[ChangeEvent]| {
+        plan_current_commit(&r.name, evs, state, &lookups, &options, &ids, &marks)
+    };
+    let (commit, bad) = plan_events(events, &planner)?;
+    plan.commit = commit;
+    plan.rejected = bad
+        .into_iter()
+        .map(|(i, reason, refused)| (from + i, reason, refused))
+        .collect();
+    Ok(plan)
+}
+
+/// Plans `events` with `plan`, leaving out the events the lake's rule
+/// refuses (`true` in the rejects) and those planning fails on (`false`),
+/// found by halving. Returns the plan (none when no event is left) and the
+/// rejected events' indexes with the reason.
+fn plan_events<C>(
+    events: &[ChangeEvent],
+    plan: &impl Fn(&[ChangeEvent]) -> Result<C>,
+) -> Result<(Option<C>, Vec<Refused>)> {
+    let mut rejected = Vec::new();
+    let mut good = Vec::new();
+    for (i, event) in events.iter().enumerate() {
+        match writable(event) {
+            Ok(()) => good.push(i),
+            Err(e) => rejected.push((i, e.message().to_string(), true)),
+        }
+    }
+    let owned: Vec<ChangeEvent>;
+    let subset: &[ChangeEvent] = if good.len() == events.len() {
+        events
+    } else {
+        owned = good.iter().map(|&i| events[i].clone()).collect();
+        &owned
+    };
+    if subset.is_empty() {
+        return Ok((None, rejected));
+    }
+    match plan(subset) {
+        Ok(c) => return Ok((Some(c), rejected)),
+        Err(e) if e.kind() != ErrorKind::InvalidFormat && e.kind() != ErrorKind::Lake => {
+            return Err(e)
+        }
+        Err(_) => {}
+    }
+    let bad = failing_events(subset, plan);
+    let keep: Vec<ChangeEvent> = (0..subset.len())
+        .filter(|i| !bad.contains_key(i))
+        .map(|i| subset[i].clone())
+        .collect();
+    let kept: Vec<usize> = (0..subset.len()).filter(|i| !bad.contains_key(i)).collect();
+    for (i, reason) in bad {
+        rejected.push((good[i], reason, false));
+    }
+    if keep.is_empty() {
+        return Ok((None, rejected));
+    }
+    match plan(&keep) {
+        Ok(c) => Ok((Some(c), rejected)),
+        // Events that fail only together: none of them blocks the others.
+        Err(e) => {
+            let reason = e.message().to_string();
+            rejected.extend(kept.into_iter().map(|i| (good[i], reason.clone(), false)));
+            Ok((None, rejected))
+        }
+    }
 }
 
 /// Loads a table, repairing a lagging `version-hint.text`. Store failures are
@@ -256,7 +513,17 @@ pub(super) async fn load<O: ObjectStore>(
     table: &str,
     out: &mut Outcome,
 ) -> Result<Loaded> {
-    let paths = TablePaths::new(&settings.config.namespace, table)?;
+    load_ref(objects, settings, &TableRef::changelog(table), out).await
+}
+
+/// [`load`] of any table.
+pub(super) async fn load_ref<O: ObjectStore>(
+    objects: &O,
+    settings: &Settings<'_>,
+    table: &TableRef,
+    out: &mut Outcome,
+) -> Result<Loaded> {
+    let paths = table.paths(settings.config)?;
     let hint = match objects.get(&paths.version_hint_key()).await? {
         Some(bytes) => crate::lake::parse_version_hint(&bytes).ok(),
         None => Some(0),
@@ -328,8 +595,8 @@ struct Rejected {
     event: ChangeEvent,
 }
 
-/// Plans one table's commit. Events the lake's rule refuses, or without
-/// which planning succeeds, are returned as rejected instead.
+/// Plans one change log's commit. Events the lake's rule refuses, or
+/// without which planning succeeds, are returned as rejected instead.
 fn plan_table<E: Env>(
     table: &str,
     work: TableWork,
@@ -343,70 +610,31 @@ fn plan_table<E: Env>(
     let ids = env.commit_ids(env.now());
     let plan =
         |events: &[ChangeEvent]| plan_commit_with_marks(events, state, &options, &ids, &marks);
-
-    let reject = |row: i64, event: ChangeEvent, reason: String| Rejected {
-        table: table.to_string(),
-        reason,
-        row,
-        event,
-    };
-    let mut rejected = Vec::new();
-    let (mut good, mut good_rows) = (Vec::new(), Vec::new());
-    for (row, event) in work.rows.into_iter().zip(work.events) {
-        match writable(&event) {
-            Ok(()) => {
-                good.push(event);
-                good_rows.push(row);
-            }
-            Err(e) => rejected.push(reject(row, event, e.message().to_string())),
-        }
-    }
-    if good.is_empty() {
-        return Ok((None, rejected));
-    }
-    match plan(&good) {
-        Ok(commit) => return Ok((Some(commit), rejected)),
-        Err(e) if e.kind() != ErrorKind::InvalidFormat && e.kind() != ErrorKind::Lake => {
-            return Err(e)
-        }
-        Err(_) => {}
-    }
-    // Planning is deterministic: find the events it fails on by halving.
-    let bad = failing_events(&good, &plan);
-    let (mut keep, mut keep_rows) = (Vec::new(), Vec::new());
-    for (i, (row, event)) in good_rows.into_iter().zip(good).enumerate() {
-        match bad.get(&i) {
-            Some(reason) => rejected.push(reject(row, event, reason.clone())),
-            None => {
-                keep.push(event);
-                keep_rows.push(row);
-            }
-        }
-    }
-    if keep.is_empty() {
-        return Ok((None, rejected));
-    }
-    match plan(&keep) {
-        Ok(commit) => Ok((Some(commit), rejected)),
-        // Events that fail only together: none of them blocks the others.
-        Err(e) => {
-            let reason = e.message().to_string();
-            rejected.extend(
-                keep_rows
-                    .into_iter()
-                    .zip(keep)
-                    .map(|(row, event)| reject(row, event, reason.clone())),
-            );
-            Ok((None, rejected))
-        }
-    }
+    let (commit, bad) = plan_events(&work.events, &plan)?;
+    let mut reasons: BTreeMap<usize, String> =
+        bad.into_iter().map(|(i, reason, _)| (i, reason)).collect();
+    let rejected = work
+        .rows
+        .into_iter()
+        .zip(work.events)
+        .enumerate()
+        .filter_map(|(i, (row, event))| {
+            reasons.remove(&i).map(|reason| Rejected {
+                table: table.to_string(),
+                reason,
+                row,
+                event,
+            })
+        })
+        .collect();
+    Ok((commit, rejected))
 }
 
 /// Indexes (into `events`) of the events planning fails on alone or within
 /// a half that fails, with the error; bounded by `2 * bad * log2(n)` plans.
-fn failing_events(
+fn failing_events<C>(
     events: &[ChangeEvent],
-    plan: &impl Fn(&[ChangeEvent]) -> Result<Commit>,
+    plan: &impl Fn(&[ChangeEvent]) -> Result<C>,
 ) -> BTreeMap<usize, String> {
     let mut bad = BTreeMap::new();
     let mut todo = vec![(0usize, events.len())];
@@ -502,7 +730,7 @@ async fn commit_rejected<O: ObjectStore, E: Env>(
         &marks,
     )?;
     put_commit(objects, commit.puts, table, out).await?;
-    out.committed_tables.insert(table.to_string());
+    out.committed_tables.insert(TableRef::changelog(table));
     out.events_rejected += rows.len() as u64;
     Ok(())
 }

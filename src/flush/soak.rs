@@ -23,6 +23,7 @@ use super::crash_tests::{event, World, NS};
 use super::maintenance::{run, Policy, TableHealth};
 use super::memory::block_on;
 use super::procedure::Settings;
+use super::TableRef;
 use crate::config::MaintenanceConfig;
 
 /// Counts live heap bytes and their peak.
@@ -71,7 +72,7 @@ fn soak() {
         target_file_bytes: 16 << 20,
         time_budget_ms: i64::MAX / 4,
     };
-    let tables = vec![TABLE.to_string()];
+    let tables = vec![TableRef::changelog(TABLE)];
     println!(
         "soak: {commits} commits of {EVENTS_PER_COMMIT} events, one every {} s, maintenance every {per_run} commits, default policy",
         FLUSH_MS / 1000

@@ -269,6 +269,8 @@ pub struct ManifestFile {
 /// A data file entry of a manifest.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DataFile {
+    /// 0 data, 1 position deletes (2, equality deletes, is never written).
+    pub content: i32,
     /// Full URI of the Parquet file.
     pub file_path: String,
     /// Partition values, one per field of the spec.
@@ -409,7 +411,7 @@ pub(super) fn data_file_entry_value(spec: &PartitionSpec, entry: &ManifestEntry)
         })
         .collect();
     let data_file = Avro::Record(vec![
-        ("content".into(), Avro::Int(0)),
+        ("content".into(), Avro::Int(f.content)),
         ("file_path".into(), Avro::String(f.file_path.clone())),
         ("file_format".into(), Avro::String("PARQUET".into())),
         ("partition".into(), Avro::Record(partition)),
@@ -530,8 +532,9 @@ pub fn write_manifest(
     write_manifest_entries(schema, spec, &entries, sync)
 }
 
-/// Encodes a data manifest of `entries` (any status) with `schema` and
-/// `spec`.
+/// Encodes a manifest of `entries` (any status; all data files or all
+/// delete files, which makes it a data or a delete manifest) with `schema`
+/// and `spec`.
 pub fn write_manifest_entries(
     schema: &Schema,
     spec: &PartitionSpec,
@@ -551,7 +554,14 @@ pub fn write_manifest_entries(
         ),
         ("partition-spec-id", spec.spec_id.to_string()),
         ("format-version", "2".to_string()),
-        ("content", "data".to_string()),
+        (
+            "content",
+            match entries.first().map(|e| e.file.content) {
+                Some(c) if c != 0 => "deletes",
+                _ => "data",
+            }
+            .to_string(),
+        ),
     ];
     container(
         "manifest",
@@ -865,6 +875,7 @@ pub(crate) mod tests {
     fn manifests_decode_with_ids_and_metadata() {
         let schema = Schema::new(0, crate::lake::changelog::base_fields());
         let file = DataFile {
+            content: 0,
             file_path: "file:///w/t/data/x.parquet".into(),
             partition: vec![Some(20_418)],
             record_count: 5,

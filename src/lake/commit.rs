@@ -5,9 +5,12 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use uuid::Uuid;
 
-use super::avro::{write_manifest, write_manifest_list, DataFile, ManifestFile};
+use super::avro::{
+    write_manifest, write_manifest_entries, write_manifest_list, DataFile, ManifestFile,
+};
 use super::changelog::{evolve_within, ChangeEvent, RowLayout, TS};
 use super::limits::schema_room;
+use super::manifest::{EntryStatus, ManifestEntry};
 use super::metadata::{
     FieldType, MetadataLogEntry, Operation, PartitionField, PartitionSpec, Schema, Snapshot,
     SnapshotLogEntry, SnapshotRef, SortOrder, TableMetadata, Transform,
@@ -160,6 +163,8 @@ pub struct Commit {
     pub added_columns: Vec<String>,
     /// Highest sequences per source in this commit.
     pub sources: BTreeMap<String, Watermark>,
+    /// The data files written, in row order: location and rows.
+    pub added_files: Vec<(String, u64)>,
 }
 
 impl Commit {
@@ -351,7 +356,75 @@ pub fn plan_commit_with_marks(
     ids: &CommitIds,
     marks: &BTreeMap<String, String>,
 ) -> Result<Commit> {
-    let start = Start::new(events.len(), current, options, ids, marks)?;
+    let kind = TableKind::Changelog;
+    let extra = Extra {
+        layout: "changelog-v1",
+        table_properties: kind.properties(&options.table),
+        deletes: None,
+        summary: BTreeMap::new(),
+        counted: events.len(),
+    };
+    plan_rows(events, current, options, ids, marks, extra)
+}
+
+/// Table property naming what a table is ([`TableKind`]).
+pub const TABLE_KIND_PROPERTY: &str = "dolake.table-kind";
+/// Table property naming the CDC table a table is made from.
+pub const CDC_TABLE_PROPERTY: &str = "dolake.cdc-table";
+
+/// What DoLake makes of a CDC table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum TableKind {
+    /// One row per change event.
+    Changelog,
+    /// The rows as the shard holds them: UPDATE and DELETE applied.
+    CurrentState,
+}
+
+impl TableKind {
+    /// The value of [`TABLE_KIND_PROPERTY`].
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TableKind::Changelog => "changelog",
+            TableKind::CurrentState => "current-state",
+        }
+    }
+
+    /// The properties every commit to a table of this kind made from CDC
+    /// table `cdc_table` sets.
+    pub(crate) fn properties(self, cdc_table: &str) -> BTreeMap<String, String> {
+        BTreeMap::from([
+            (TABLE_KIND_PROPERTY.to_string(), self.as_str().to_string()),
+            (CDC_TABLE_PROPERTY.to_string(), cdc_table.to_string()),
+        ])
+    }
+}
+
+/// What differs between the commits of the table kinds.
+pub(crate) struct Extra {
+    /// `dolake.table-layout` of a new table.
+    pub layout: &'static str,
+    /// Set by every commit.
+    pub table_properties: BTreeMap<String, String>,
+    /// Delete files (current-state tables).
+    pub deletes: Option<DeleteChanges>,
+    /// Summary keys besides the standard ones.
+    pub summary: BTreeMap<String, String>,
+    /// The changes the commit applies (at least one; rows may be fewer).
+    pub counted: usize,
+}
+
+/// Plans a commit that writes the rows of `events` (their row images), and
+/// `extra`'s delete files, onto `current`.
+pub(crate) fn plan_rows(
+    events: &[ChangeEvent],
+    current: Option<&TableState>,
+    options: &WriteOptions,
+    ids: &CommitIds,
+    marks: &BTreeMap<String, String>,
+    extra: Extra,
+) -> Result<Commit> {
+    let start = Start::new(extra.counted, current, options, ids, marks)?;
     let base = start.base();
 
     // Schema.
@@ -414,10 +487,7 @@ pub fn plan_commit_with_marks(
 
     let properties = BTreeMap::from([
         ("write.format.default".to_string(), "parquet".to_string()),
-        (
-            "dolake.table-layout".to_string(),
-            "changelog-v1".to_string(),
-        ),
+        ("dolake.table-layout".to_string(), extra.layout.to_string()),
     ]);
     finish(
         start,
@@ -435,6 +505,9 @@ pub fn plan_commit_with_marks(
             added_columns: evolution.added,
             sources,
             new_table_properties: properties,
+            table_properties: extra.table_properties,
+            deletes: extra.deletes,
+            summary: extra.summary,
         },
     )
 }
@@ -483,6 +556,7 @@ impl<'a> Start<'a> {
                         .map(|c| &c.manifests)
                         .into_iter()
                         .flatten()
+                        .filter(|m| m.content == 0)
                         .map(|m| m.added_rows_count + m.existing_rows_count)
                         .sum();
                     if listed != total as i64 {
@@ -548,6 +622,7 @@ impl DataFiles {
             start.location, ids.commit_uuid
         );
         let mut df = DataFile {
+            content: 0,
             file_path: file_path.clone(),
             partition,
             record_count: file.record_count as i64,
@@ -608,6 +683,23 @@ pub(crate) struct Written {
     pub sources: BTreeMap<String, Watermark>,
     /// Properties of the table when this commit creates it.
     pub new_table_properties: BTreeMap<String, String>,
+    /// Properties set by every commit (the table's kind and CDC table).
+    pub table_properties: BTreeMap<String, String>,
+    /// Delete files the commit adds and replaces (current-state tables).
+    pub deletes: Option<DeleteChanges>,
+    /// Summary keys this commit sets besides the standard ones.
+    pub summary: BTreeMap<String, String>,
+}
+
+/// The delete files of a commit to a current-state table: the one delete
+/// manifest of the new snapshot, which replaces every delete manifest of
+/// the current one.
+pub(crate) struct DeleteChanges {
+    /// Every entry of the new delete manifest: live delete files carried
+    /// (EXISTING), replaced ones (DELETED) and new ones (ADDED).
+    pub entries: Vec<ManifestEntry>,
+    /// The new delete files: location and bytes.
+    pub files: Vec<(String, Vec<u8>)>,
 }
 
 /// The manifest, the manifest list, the snapshot and the metadata of a
@@ -630,6 +722,9 @@ pub(crate) fn finish(
         added_columns,
         sources,
         new_table_properties,
+        table_properties,
+        deletes,
+        summary: extra_summary,
     } = written;
     let DataFiles {
         files: data_files,
@@ -637,47 +732,61 @@ pub(crate) fn finish(
         bytes: data_bytes,
     } = data;
     let schema = &schema;
+    let added_files: Vec<(String, u64)> = data_files
+        .iter()
+        .map(|f| (f.file_path.clone(), f.record_count as u64))
+        .collect();
     let current = start.current;
     let base = start.base();
     let location = &start.location;
     let paths = &start.paths;
 
-    // Manifest and manifest list.
+    // Manifests and manifest list.
     let sequence_number = base.map(|b| b.last_sequence_number).unwrap_or(0) + 1;
     let sync = *ids.commit_uuid.as_bytes();
-    let manifest_path = format!("{location}/metadata/{}-m0.avro", ids.commit_uuid);
-    let manifest = write_manifest(schema, &spec, ids.snapshot_id, &data_files, sync)?;
     let added_rows: i64 = data_files.iter().map(|f| f.record_count).sum();
-    let partitions = super::rewrite::partition_summaries(&spec, data_files.iter());
-    let new_manifest = ManifestFile {
-        manifest_path: manifest_path.clone(),
-        manifest_length: manifest.len() as i64,
-        partition_spec_id: spec.spec_id,
-        content: 0,
-        sequence_number,
-        min_sequence_number: sequence_number,
-        added_snapshot_id: ids.snapshot_id,
-        added_files_count: i32::try_from(data_files.len())
-            .map_err(|_| Error::internal("too many data files in one commit"))?,
-        existing_files_count: 0,
-        deleted_files_count: 0,
-        added_rows_count: added_rows,
-        existing_rows_count: 0,
-        deleted_rows_count: 0,
-        partitions: Some(partitions),
-        key_metadata: None,
+    let mut manifests = Vec::new();
+    if !data_files.is_empty() {
+        let manifest_path = format!("{location}/metadata/{}-m0.avro", ids.commit_uuid);
+        let manifest = write_manifest(schema, &spec, ids.snapshot_id, &data_files, sync)?;
+        let partitions = super::rewrite::partition_summaries(&spec, data_files.iter());
+        manifests.push(ManifestFile {
+            manifest_path: manifest_path.clone(),
+            manifest_length: manifest.len() as i64,
+            partition_spec_id: spec.spec_id,
+            content: 0,
+            sequence_number,
+            min_sequence_number: sequence_number,
+            added_snapshot_id: ids.snapshot_id,
+            added_files_count: i32::try_from(data_files.len())
+                .map_err(|_| Error::internal("too many data files in one commit"))?,
+            existing_files_count: 0,
+            deleted_files_count: 0,
+            added_rows_count: added_rows,
+            existing_rows_count: 0,
+            deleted_rows_count: 0,
+            partitions: Some(partitions),
+            key_metadata: None,
+        });
+        puts.push(PutObject {
+            key: start.key_of(&manifest_path)?,
+            bytes: manifest,
+            kind: ObjectKind::Manifest,
+        });
+    }
+    let (delete_list, delete_stats) = match deletes {
+        Some(d) => delete_manifest(&start, ids, schema, &spec, sequence_number, d, &mut puts)?,
+        None => (None, DeleteStats::default()),
     };
-    puts.push(PutObject {
-        key: start.key_of(&manifest_path)?,
-        bytes: manifest,
-        kind: ObjectKind::Manifest,
-    });
-    let mut manifests = vec![new_manifest];
+    // A commit with deletes rewrites the table's one delete manifest.
+    let rewrote_deletes = delete_list.is_some();
+    manifests.extend(delete_list);
     manifests.extend(
         current
             .map(|c| c.manifests.iter().cloned())
             .into_iter()
-            .flatten(),
+            .flatten()
+            .filter(|m| !rewrote_deletes || m.content == 0),
     );
     let parent = base.and_then(|b| b.current_snapshot_id);
     let list_path = format!(
@@ -711,9 +820,27 @@ pub(crate) fn finish(
         "total-data-files",
         prev("total-data-files") + data_files.len() as u64,
     );
-    put("total-files-size", prev("total-files-size") + data_bytes);
-    put("total-delete-files", prev("total-delete-files"));
-    put("total-position-deletes", prev("total-position-deletes"));
+    let d = delete_stats;
+    put(
+        "total-files-size",
+        (prev("total-files-size") + data_bytes + d.added_bytes).saturating_sub(d.removed_bytes),
+    );
+    if rewrote_deletes {
+        put("added-delete-files", d.added_files);
+        put("removed-delete-files", d.removed_files);
+        put("added-position-delete-files", d.added_files);
+        put("removed-position-delete-files", d.removed_files);
+        put("added-position-deletes", d.added_positions);
+        put("removed-position-deletes", d.removed_positions);
+    }
+    put(
+        "total-delete-files",
+        (prev("total-delete-files") + d.added_files).saturating_sub(d.removed_files),
+    );
+    put(
+        "total-position-deletes",
+        (prev("total-position-deletes") + d.added_positions).saturating_sub(d.removed_positions),
+    );
     put("total-equality-deletes", prev("total-equality-deletes"));
     let overflow_total: u64 = overflow.values().sum();
     put(SUMMARY_OVERFLOW, overflow_total);
@@ -738,9 +865,15 @@ pub(crate) fn finish(
     {
         summary.insert(k.clone(), v.clone());
     }
+    summary.extend(extra_summary);
+    let operation = if d.added_files + d.removed_files > 0 {
+        Operation::Overwrite
+    } else {
+        Operation::Append
+    };
     summary.insert(
         Operation::SUMMARY_KEY.to_string(),
-        Operation::Append.as_str().to_string(),
+        operation.as_str().to_string(),
     );
 
     // Metadata.
@@ -789,6 +922,7 @@ pub(crate) fn finish(
     }
     metadata.default_spec_id = spec.spec_id;
     metadata.last_partition_id = last_partition_id;
+    metadata.properties.extend(table_properties);
     metadata.properties.insert(
         "write.parquet.compression-codec".to_string(),
         codec_name(options.compression).to_string(),
@@ -833,7 +967,96 @@ pub(crate) fn finish(
         overflow,
         added_columns,
         sources,
+        added_files,
     })
+}
+
+/// What the delete files of a commit change, for the summary.
+#[derive(Debug, Clone, Copy, Default)]
+struct DeleteStats {
+    added_files: u64,
+    removed_files: u64,
+    added_positions: u64,
+    removed_positions: u64,
+    added_bytes: u64,
+    removed_bytes: u64,
+}
+
+/// Writes the delete manifest of `changes` (none when it has no entry),
+/// pushing the delete files' puts, then the manifest's.
+fn delete_manifest(
+    start: &Start<'_>,
+    ids: &CommitIds,
+    schema: &Schema,
+    spec: &PartitionSpec,
+    sequence_number: i64,
+    changes: DeleteChanges,
+    puts: &mut Vec<PutObject>,
+) -> Result<(Option<ManifestFile>, DeleteStats)> {
+    let DeleteChanges { entries, files } = changes;
+    let mut stats = DeleteStats::default();
+    for (location, bytes) in files {
+        stats.added_bytes += bytes.len() as u64;
+        puts.push(PutObject {
+            key: start.key_of(&location)?,
+            bytes,
+            kind: ObjectKind::Data,
+        });
+    }
+    if entries.is_empty() {
+        return Ok((None, stats));
+    }
+    let count = |s: EntryStatus| entries.iter().filter(|e| e.status == s).count();
+    let rows = |s: EntryStatus| -> i64 {
+        entries
+            .iter()
+            .filter(|e| e.status == s)
+            .map(|e| e.file.record_count)
+            .sum()
+    };
+    stats.added_files = count(EntryStatus::Added) as u64;
+    stats.removed_files = count(EntryStatus::Deleted) as u64;
+    stats.added_positions = rows(EntryStatus::Added) as u64;
+    stats.removed_positions = rows(EntryStatus::Deleted) as u64;
+    stats.removed_bytes = entries
+        .iter()
+        .filter(|e| e.status == EntryStatus::Deleted)
+        .map(|e| e.file.file_size_in_bytes as u64)
+        .sum();
+    let as_i32 = |n: usize| i32::try_from(n).map_err(|_| Error::internal("too many delete files"));
+    let path = format!("{}/metadata/{}-d0.avro", start.location, ids.commit_uuid);
+    let bytes = write_manifest_entries(schema, spec, &entries, *ids.commit_uuid.as_bytes())?;
+    let manifest = ManifestFile {
+        manifest_path: path.clone(),
+        manifest_length: bytes.len() as i64,
+        partition_spec_id: spec.spec_id,
+        content: 1,
+        sequence_number,
+        min_sequence_number: entries
+            .iter()
+            .filter(|e| e.status.is_live())
+            .map(|e| e.sequence_number.unwrap_or(sequence_number))
+            .min()
+            .unwrap_or(sequence_number),
+        added_snapshot_id: ids.snapshot_id,
+        added_files_count: as_i32(count(EntryStatus::Added))?,
+        existing_files_count: as_i32(count(EntryStatus::Existing))?,
+        deleted_files_count: as_i32(count(EntryStatus::Deleted))?,
+        added_rows_count: rows(EntryStatus::Added),
+        existing_rows_count: rows(EntryStatus::Existing),
+        deleted_rows_count: rows(EntryStatus::Deleted),
+        partitions: Some(super::rewrite::partition_summaries(
+            spec,
+            entries.iter().map(|e| &e.file),
+        )),
+        key_metadata: None,
+    };
+    puts.push(PutObject {
+        key: start.key_of(&path)?,
+        bytes,
+        kind: ObjectKind::Manifest,
+    });
+    Ok((Some(manifest), stats))
 }
 
 /// The last step of every commit kind (append, replace): `snapshot` becomes

@@ -331,6 +331,7 @@ impl Rewriter {
         }
         let last = writer.into_inner().map_err(parquet_error)?;
         let mut file = DataFile {
+            content: 0,
             file_path,
             partition,
             record_count: rows,
@@ -370,6 +371,7 @@ mod tests {
 
     fn file(path: &str, day: i32, size: i64) -> DataFile {
         DataFile {
+            content: 0,
             file_path: path.to_string(),
             partition: vec![Some(day)],
             record_count: 1,

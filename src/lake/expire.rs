@@ -309,6 +309,7 @@ pub fn plan_expire(
             overflow: BTreeMap::new(),
             added_columns: Vec::new(),
             sources: BTreeMap::new(),
+            added_files: Vec::new(),
         },
         expired_snapshot_ids: expired.iter().map(|s| s.snapshot_id).collect(),
         expired_manifest_lists,

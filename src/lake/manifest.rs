@@ -131,9 +131,9 @@ fn data_file(r: &Rec<'_>) -> Result<DataFile> {
         None | Some(Avro::Null) => 0,
         Some(_) => r.long(&["content"])?,
     };
-    if content != 0 {
+    if content != 0 && content != 1 {
         return Err(bad(format!(
-            "content {content} (delete files) is not read by DoLake's maintenance"
+            "content {content} (equality deletes) is not read by DoLake's maintenance"
         )));
     }
     let file_path = match r.get(&["file_path"]) {
@@ -161,6 +161,7 @@ fn data_file(r: &Rec<'_>) -> Result<DataFile> {
         _ => None,
     };
     Ok(DataFile {
+        content: content as i32,
         file_path,
         partition,
         record_count: r.long(&["record_count"])?,
@@ -238,6 +239,7 @@ mod tests {
 
     fn file(name: &str, day: Option<i32>) -> DataFile {
         DataFile {
+            content: 0,
             file_path: format!("file:///w/t/data/{name}.parquet"),
             partition: vec![day],
             record_count: 5,

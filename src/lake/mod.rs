@@ -17,6 +17,8 @@
 //! - [`commit`]: planning a commit; snapshot summaries and watermarks.
 //! - [`expire`]: snapshot expiry, which keeps a table's metadata bounded.
 //! - [`manifest`]: manifest entries (added, existing, deleted) and their reader.
+//! - [`current`]: current-state tables: the last image of every row key,
+//!   merge-on-read with position deletes (one delete file per data file).
 //! - [`rewrite`]: `replace` snapshots: manifest merging and compaction
 //!   commits, which never change rows.
 //! - [`limits`]: what the lake can write: [`check_event`], the rule intake
@@ -32,6 +34,7 @@ pub mod avro;
 pub mod changelog;
 pub mod commit;
 pub mod compact;
+pub mod current;
 pub mod expire;
 pub mod limits;
 pub mod manifest;
@@ -49,6 +52,7 @@ pub use commit::{
     committed_watermarks, plan_commit, plan_commit_with_marks, Commit, CommitIds, ObjectKind,
     PutObject, Watermark, WriteOptions,
 };
+pub use commit::{TableKind, CDC_TABLE_PROPERTY, TABLE_KIND_PROPERTY};
 pub use expire::{plan_expire, ExpirePolicy, Expiry};
 pub use limits::{check_change_event, check_event, check_metadata};
 pub use manifest::{read_manifest, EntryStatus, ManifestEntry};

@@ -262,6 +262,9 @@ pub fn plan_rejected_commit(
             added_columns: Vec::new(),
             sources: BTreeMap::new(),
             new_table_properties: properties,
+            table_properties: BTreeMap::new(),
+            deletes: None,
+            summary: BTreeMap::new(),
         },
     )
 }

@@ -9,7 +9,8 @@
 //!   other files EXISTING and the new file ADDED.
 //!
 //! The new snapshot has `operation: replace`, the parent's buffer marks
-//! (so the flush's exactly-once marks survive, see `flush/mod.rs`), and the
+//! (so the flush's exactly-once marks survive, see `flush/mod.rs`) and row
+//! positions mark (manifest merging moves no row), and the
 //! planner refuses any plan whose live rows differ from the parent's: a
 //! replace never changes what a reader sees.
 
@@ -261,7 +262,9 @@ pub fn plan_replace(
     let mut summary: BTreeMap<String, String> = parent
         .summary
         .iter()
-        .filter(|(k, _)| k.starts_with(SUMMARY_MARK_PREFIX))
+        .filter(|(k, _)| {
+            k.starts_with(SUMMARY_MARK_PREFIX) || *k == super::current::SUMMARY_POSITIONS
+        })
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     let mut put = |k: &str, v: u64| {
@@ -332,6 +335,7 @@ pub fn plan_replace(
         overflow: BTreeMap::new(),
         added_columns: Vec::new(),
         sources: BTreeMap::new(),
+        added_files: Vec::new(),
     })
 }
 

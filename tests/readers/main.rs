@@ -42,9 +42,11 @@ use std::path::{Path, PathBuf};
 
 use dolake::config::{Compression, DoLakeConfig, PartitionBy};
 use dolake::flush::maintenance::{self, Policy};
-use dolake::flush::ports::{Listed, ObjectStore, Part, Put};
+use dolake::flush::ports::{Buffer, IndexStatus, Listed, ObjectStore, Part, Put, RowIndex};
 use dolake::flush::procedure::{Env, Settings};
+use dolake::flush::{BufferedBatch, LoadedBatch, TableRef};
 use dolake::lake::compact::CompactPolicy;
+use dolake::lake::current::{IndexChange, RowLoc};
 use dolake::lake::MergePolicy;
 use dolake::lake::{
     committed_watermarks, plan_commit, plan_expire, plan_rejected_commit, ChangeEvent, CommitIds,
@@ -1280,7 +1282,7 @@ fn write_maintained_table(out: &Path) -> Value {
             env,
             &settings,
             &policy,
-            &[NAME.to_string()],
+            &[TableRef::changelog(NAME)],
         ));
         let r = report.tables[NAME].clone();
         assert_eq!(r.error, None);
@@ -1373,6 +1375,242 @@ fn write_maintained_table(out: &Path) -> Value {
     })
 }
 
+/// The flush procedure's buffer, in memory.
+#[derive(Default)]
+struct VecBuffer {
+    batches: std::cell::RefCell<Vec<LoadedBatch>>,
+    next: std::cell::Cell<i64>,
+}
+
+impl VecBuffer {
+    fn push(&self, source: &str, batch_seq: u64, events: Vec<dolake::protocol::CdcEvent>) {
+        self.next.set(self.next.get() + 1);
+        self.batches.borrow_mut().push(LoadedBatch {
+            row_id: self.next.get(),
+            source_id: source.to_string(),
+            batch_seq,
+            events,
+        });
+    }
+}
+
+impl Buffer for VecBuffer {
+    fn list(&self, limit: u32) -> dolake::error::Result<Vec<BufferedBatch>> {
+        Ok(self
+            .batches
+            .borrow()
+            .iter()
+            .take(limit as usize)
+            .map(|b| BufferedBatch {
+                row_id: b.row_id,
+                size_bytes: 100 * b.events.len() as u64,
+            })
+            .collect())
+    }
+    fn load(&self, first: i64, last: i64) -> dolake::error::Result<Vec<LoadedBatch>> {
+        Ok(self
+            .batches
+            .borrow()
+            .iter()
+            .filter(|b| (first..=last).contains(&b.row_id))
+            .cloned()
+            .collect())
+    }
+    fn delete_through(&self, last: i64) -> dolake::error::Result<()> {
+        self.batches.borrow_mut().retain(|b| b.row_id > last);
+        Ok(())
+    }
+    fn totals(&self) -> dolake::error::Result<dolake::intake::BufferTotals> {
+        Ok(dolake::intake::BufferTotals::default())
+    }
+}
+
+/// The row index as plain maps (what the Durable Object keeps in SQLite).
+#[derive(Default)]
+struct MapIndex {
+    rows: std::cell::RefCell<BTreeMap<String, RowLoc>>,
+    files: std::cell::RefCell<BTreeMap<String, roaring::RoaringBitmap>>,
+    positions: std::cell::Cell<Option<i64>>,
+    staged: std::cell::RefCell<Option<IndexChange>>,
+}
+
+impl RowIndex for MapIndex {
+    fn status(&self, _table: &str) -> dolake::error::Result<IndexStatus> {
+        Ok(IndexStatus {
+            positions: self.positions.get(),
+            staged: self.staged.borrow().as_ref().and_then(|c| c.positions_id),
+        })
+    }
+    fn lookup(
+        &self,
+        _table: &str,
+        keys: &[&str],
+    ) -> dolake::error::Result<std::collections::HashMap<String, RowLoc>> {
+        let rows = self.rows.borrow();
+        Ok(keys
+            .iter()
+            .filter_map(|k| rows.get(*k).map(|l| (k.to_string(), l.clone())))
+            .collect())
+    }
+    fn deleted(
+        &self,
+        _table: &str,
+        files: &[&str],
+    ) -> dolake::error::Result<BTreeMap<String, roaring::RoaringBitmap>> {
+        let known = self.files.borrow();
+        Ok(files
+            .iter()
+            .filter_map(|f| known.get(*f).map(|b| (f.to_string(), b.clone())))
+            .collect())
+    }
+    fn stage(&self, _table: &str, change: &IndexChange) -> dolake::error::Result<()> {
+        *self.staged.borrow_mut() = Some(change.clone());
+        Ok(())
+    }
+    fn apply_staged(&self, _table: &str) -> dolake::error::Result<()> {
+        let Some(change) = self.staged.borrow_mut().take() else {
+            return Ok(());
+        };
+        self.files.borrow_mut().extend(change.files);
+        let mut rows = self.rows.borrow_mut();
+        for (key, loc) in change.rows {
+            match loc {
+                Some(l) => rows.insert(key, l),
+                None => rows.remove(&key),
+            };
+        }
+        self.positions.set(change.positions_id);
+        Ok(())
+    }
+    fn discard_staged(&self, _table: &str) -> dolake::error::Result<()> {
+        *self.staged.borrow_mut() = None;
+        Ok(())
+    }
+    fn clear(&self, _table: &str) -> dolake::error::Result<()> {
+        self.rows.borrow_mut().clear();
+        self.files.borrow_mut().clear();
+        self.positions.set(None);
+        *self.staged.borrow_mut() = None;
+        Ok(())
+    }
+}
+
+/// The current-state table `cdc_current.accounts`, written by DoLake's flush
+/// procedure from a random stream of INSERT / UPDATE / DELETE over 40 keys
+/// (re-inserts after deletes, UPDATEs and DELETEs of keys never seen, many
+/// changes of one key in one batch), 12 flushes: position delete files,
+/// replaced as more rows of a data file go. `expected/current/accounts.jsonl`
+/// holds the model: the last image of every live key.
+fn write_current_state_table(out: &Path) -> Value {
+    const NAME: &str = "accounts";
+    let warehouse = out.join("warehouse");
+    let location = format!("file://{}", warehouse.display());
+    let config = DoLakeConfig::parse(Some(
+        &json!({
+            "warehouseLocation": location,
+            "namespace": NAMESPACE,
+            "tableKinds": "current-state",
+        })
+        .to_string(),
+    ))
+    .unwrap();
+    let settings = Settings {
+        config: &config,
+        epoch: "readers",
+        step_budget_bytes: 4 << 20,
+        target_file_bytes: 16 << 20,
+        time_budget_ms: i64::MAX / 4,
+    };
+    let store = DirStore {
+        root: warehouse.clone(),
+        clock: std::cell::Cell::new(DAY0),
+        uploaded: Default::default(),
+        parts: Default::default(),
+        multipart_completed: Default::default(),
+    };
+    let env = TestEnv {
+        now: std::cell::Cell::new(DAY0),
+        n: std::cell::Cell::new(1_000),
+    };
+    let buffer = VecBuffer::default();
+    let index = MapIndex::default();
+    let mut model: BTreeMap<String, Value> = BTreeMap::new();
+    let mut rng = 0x00C0_FFEE_u64;
+    let mut next = move |n: u64| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % n
+    };
+    let mut seq = 0_u64;
+    let mut counts = (0_u64, 0_u64);
+    for flush in 0..12 {
+        for b in 0..3_u64 {
+            let mut events = Vec::new();
+            for _ in 0..15 {
+                seq += 1;
+                let key = format!("acct-{:02}", next(40));
+                let op =
+                    ["INSERT", "INSERT", "UPDATE", "UPDATE", "UPDATE", "DELETE"][next(6) as usize];
+                let image = json!({
+                    "id": key, "n": seq as i64 * 1_000_003, "s": format!("name {} ü", next(10_000)),
+                    "flag": next(2) == 0,
+                });
+                let mut e = json!({
+                    "sequence": seq, "timestamp": DAY0 + seq as i64 * 1000,
+                    "operation": op, "table": NAME, "rowId": key,
+                });
+                if op == "DELETE" {
+                    e["before"] = model.get(&key).cloned().unwrap_or(json!({"id": key}));
+                    model.remove(&key);
+                } else {
+                    e["after"] = image.clone();
+                    model.insert(key.clone(), image);
+                }
+                events.push(serde_json::from_value(e).unwrap());
+            }
+            buffer.push(["shard-x", "shard-y"][b as usize % 2], seq, events);
+        }
+        env.now.set(env.now.get() + HOUR);
+        let o = block_on(dolake::flush::procedure::run(
+            &buffer, &store, &index, &env, &settings,
+        ));
+        assert!(o.error.is_none(), "flush {flush}: {:?}", o.error);
+        counts.0 += o.current.rows_deleted;
+        counts.1 += o.current.deletes_of_unknown + o.current.upserts_of_unknown;
+    }
+    assert!(counts.0 > 0 && counts.1 > 0, "{counts:?}");
+    let ns = config.current_state_namespace.clone();
+    let paths = TablePaths::new(&ns, NAME).unwrap();
+    let state = load_state(&warehouse, &paths);
+    let summary = &state.metadata.current_snapshot().unwrap().summary;
+    let delete_files: u64 = summary["total-delete-files"].parse().unwrap();
+    assert!(delete_files > 0, "{summary:?}");
+    assert_eq!(
+        state.metadata.properties["dolake.table-kind"],
+        "current-state"
+    );
+    let expected_dir = out.join("expected").join("current");
+    std::fs::create_dir_all(&expected_dir).unwrap();
+    let expected_path = expected_dir.join(format!("{NAME}.jsonl"));
+    let mut lines = String::new();
+    for image in model.values() {
+        lines.push_str(&image.to_string());
+        lines.push('\n');
+    }
+    std::fs::write(&expected_path, lines).unwrap();
+    let metadata_path = warehouse.join(paths.metadata_key(state.version));
+    json!({
+        "name": NAME,
+        "namespace": ns,
+        "metadata_location": format!("file://{}", metadata_path.display()),
+        "expected": expected_path,
+        "rows": model.len(),
+        "delete_files": delete_files,
+        "columns": ["id", "n", "s", "flag"],
+    })
+}
+
 #[test]
 fn write_reader_test_tables() {
     let (out, keep) = match std::env::var_os("DOLAKE_READERS_OUT") {
@@ -1417,11 +1655,13 @@ fn write_reader_test_tables() {
     tables.push(write_expired_table(&out));
     tables.push(write_maintained_table(&out));
     let dead_letter = write_dead_letter_table(&out);
+    let current = write_current_state_table(&out);
     std::fs::write(
         out.join("tables.json"),
         serde_json::to_vec_pretty(&json!({
             "tables": tables,
             "dead_letter_tables": [dead_letter],
+            "current_state_tables": [current],
         }))
         .unwrap(),
     )
