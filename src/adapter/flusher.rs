@@ -319,7 +319,8 @@ impl DoLake {
         let mut policy = maintenance::Policy::from_config(&config.maintenance);
         policy.scan_orphans =
             trigger == "request" || self.history.borrow().maintenance.orphan_scan_due(start);
-        let report = maintenance::run(lake, &RuntimeEnv, &settings, &policy, &tables).await;
+        let port = BufferPort(self);
+        let report = maintenance::run(lake, &port, &RuntimeEnv, &settings, &policy, &tables).await;
         let end = now_ms();
         {
             let mut history = self.history.borrow_mut();

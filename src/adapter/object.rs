@@ -1216,6 +1216,31 @@ impl DoLake {
             "Objects deleted after expiry and as orphans.",
             (m.files_deleted + m.orphans_deleted) as f64,
         );
+        let c = &history.current_state;
+        e.single(
+            "current_state_events_total",
+            Kind::Counter,
+            "Change events applied to current-state tables.",
+            c.events as f64,
+        )
+        .single(
+            "current_state_rows_deleted_total",
+            Kind::Counter,
+            "Rows of current-state tables replaced or deleted (position deletes written).",
+            c.rows_deleted as f64,
+        )
+        .single(
+            "current_state_unknown_keys_total",
+            Kind::Counter,
+            "UPDATEs (applied as upserts) and DELETEs (no-ops) of keys a current-state table did not hold.",
+            (c.upserts_of_unknown + c.deletes_of_unknown) as f64,
+        )
+        .single(
+            "row_index_repairs_total",
+            Kind::Counter,
+            "Row indexes that disagreed with their table and were repaired.",
+            history.index_repairs as f64,
+        );
         let healths: Vec<(&String, &crate::flush::maintenance::TableHealth)> = m
             .tables
             .iter()
@@ -1265,17 +1290,18 @@ impl DoLake {
     }
 
     /// Every table a flush wrote, with its shape after its last maintenance.
-    fn tables_report(&self) -> serde_json::Value {
+    fn tables_report(&self, config: &crate::config::DoLakeConfig) -> serde_json::Value {
         let history = self.history.borrow();
         let m = &history.maintenance;
         let tables: serde_json::Map<String, serde_json::Value> = history
-            .tables
+            .known_tables()
             .iter()
             .map(|t| {
-                let r = m.tables.get(t);
+                let label = t.label(config);
+                let r = m.tables.get(&label);
                 let h = r.and_then(|r| r.health.as_ref());
                 (
-                    t.clone(),
+                    label,
                     serde_json::json!({
                         "snapshots": h.map(|h| h.snapshots),
                         "manifests": h.map(|h| h.manifests),
@@ -1345,7 +1371,7 @@ impl DoLake {
                     "connections": connections,
                     "lastFlushTime": self.history.borrow().last_success_ms,
                     "nextFlushTime": self.alarm_at.get(),
-                    "tables": self.tables_report(),
+                    "tables": self.tables_report(intake.config()),
                     "maintenance": {
                         "nextRunMs": self.history.borrow().maintenance.next_run(&intake.config().maintenance, &self.history.borrow()),
                         "lastRunMs": self.history.borrow().maintenance.last_run_ms,

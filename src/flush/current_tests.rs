@@ -88,6 +88,12 @@ fn stream(w: &World, rng: &mut Rng, model: &mut Model, seq: &mut u64, batches: u
 /// that the row index holds exactly the model's keys at the table's
 /// positions.
 fn check(w: &World, model: &Model, what: &str) {
+    check_rows(w, model, what);
+    check_index(w, model, what);
+}
+
+/// Checks that every current-state table equals the model, row by row.
+fn check_rows(w: &World, model: &Model, what: &str) {
     for (table, rows) in model {
         let got = read_table(&w.store, CURRENT_NS, table).unwrap_or_default();
         let mut by_key: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
@@ -116,6 +122,13 @@ fn check(w: &World, model: &Model, what: &str) {
             assert_eq!(row["_cdc_seq"], image["n"].to_string(), "{what}");
             assert!(!row.contains_key("_cdc_before"), "{what}");
         }
+    }
+}
+
+/// Checks that the row index holds exactly the model's keys, at the
+/// positions the table is at.
+fn check_index(w: &World, model: &Model, what: &str) {
+    for (table, rows) in model {
         let index = w.index.table(table);
         assert_eq!(
             index.rows.keys().collect::<Vec<_>>(),
@@ -233,16 +246,7 @@ fn a_crash_at_any_operation_leaves_table_and_index_agreeing() {
     }
 }
 
-#[test]
-fn maintenance_keeps_current_state_tables_and_their_index() {
-    let w = World::new();
-    let mut rng = Rng(0xA11CE);
-    let mut model = Model::new();
-    let mut seq = 0;
-    for _ in 0..8 {
-        stream(&w, &mut rng, &mut model, &mut seq, 4);
-        drain(&w);
-    }
+fn maintain_current(w: &World) -> super::maintenance::Report {
     let settings = Settings {
         config: &w.config,
         epoch: "e1",
@@ -254,25 +258,107 @@ fn maintenance_keeps_current_state_tables_and_their_index() {
     policy.merge.min_count_to_merge = 2;
     policy.max_snapshots = 3;
     policy.scan_orphans = true;
+    policy.orphan_min_age_ms = 0;
     let tables = vec![TableRef::current("users"), TableRef::current("orders")];
-    let report = block_on(maintain(&w.store, &w.env, &settings, &policy, &tables));
+    block_on(maintain(
+        &w.store, &w.index, &w.env, &settings, &policy, &tables,
+    ))
+}
+
+/// Live delete files of a current-state table (summary).
+fn delete_files(w: &World, table: &str) -> u64 {
+    let paths = TablePaths::new(CURRENT_NS, table).unwrap();
+    let hint = w.store.object(&paths.version_hint_key()).unwrap();
+    let v = crate::lake::parse_version_hint(&hint).unwrap();
+    let m = TableMetadata::from_json(&w.store.object(&paths.metadata_key(v)).unwrap()).unwrap();
+    m.current_snapshot().unwrap().summary["total-delete-files"]
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn compaction_applies_deletes_and_the_index_follows() {
+    let w = World::new();
+    let mut rng = Rng(0xA11CE);
+    let mut model = Model::new();
+    let mut seq = 0;
+    for _ in 0..8 {
+        stream(&w, &mut rng, &mut model, &mut seq, 4);
+        drain(&w);
+    }
+    assert!(delete_files(&w, "users") > 0);
+    let report = maintain_current(&w);
     for (t, r) in &report.tables {
         assert!(r.error.is_none(), "{t}: {:?}", r.error);
+        assert!(r.files_compacted > 1, "{t}: {r:?}");
     }
+    check(&w, &model, "after compaction");
+    for table in ["users", "orders"] {
+        assert_eq!(delete_files(&w, table), 0, "{table}: deletes applied");
+        let rows = read_table(&w.store, CURRENT_NS, table).unwrap().len();
+        assert_eq!(rows, model[table].len(), "{table}: only live rows written");
+    }
+    // Flushing on after maintenance keeps the index (no rebuild), and
+    // deletes now land on the compacted file.
+    for round in 0..3 {
+        stream(&w, &mut rng, &mut model, &mut seq, 4);
+        let o = w.flush_with(1 << 20, 20_000);
+        assert!(o.error.is_none(), "{:?}", o.error);
+        assert_eq!(o.index_repairs, 0, "{o:?}");
+        check(&w, &model, &format!("flush {round} after compaction"));
+    }
+}
+
+#[test]
+fn a_crash_at_any_maintenance_operation_keeps_table_and_index_agreeing() {
+    let base = World::new();
+    let mut rng = Rng(0xD00D);
+    let mut model = Model::new();
+    let mut seq = 0;
+    for _ in 0..6 {
+        stream(&base, &mut rng, &mut model, &mut seq, 4);
+        drain(&base);
+    }
+    let probe = World::new();
+    probe.copy_from(&base);
+    let before = probe.crash.ops();
+    let report = maintain_current(&probe);
     assert!(
-        report
-            .tables
-            .values()
-            .map(|r| r.manifests_merged + r.snapshots_expired)
-            .sum::<u64>()
-            > 0,
+        report.tables.values().all(|r| r.error.is_none()),
         "{report:?}"
     );
-    check(&w, &model, "after maintenance");
-    // Flushing on after maintenance keeps the index (no rebuild).
-    stream(&w, &mut rng, &mut model, &mut seq, 4);
-    let o = w.flush_with(1 << 20, 20_000);
-    assert!(o.error.is_none(), "{:?}", o.error);
-    assert_eq!(o.index_repairs, 0, "{o:?}");
-    check(&w, &model, "after maintenance and a flush");
+    let total = probe.crash.ops() - before;
+    assert!(total > 20, "{total}");
+    let mut later = Model::new();
+    let mut after_seq = seq;
+    for at in 0..total {
+        let w = World::new();
+        w.copy_from(&base);
+        w.crash.at(at);
+        let _ = maintain_current(&w);
+        w.crash.heal();
+        // The index may lag until the next flush or run syncs it; the rows
+        // never change.
+        check_rows(
+            &w,
+            &model,
+            &format!("right after a maintenance crash at {at}"),
+        );
+        // The next flush (which syncs the index) and a clean run.
+        let mut m = model.clone();
+        let mut rng = Rng(0xFACE);
+        let mut s = seq;
+        stream(&w, &mut rng, &mut m, &mut s, 3);
+        drain(&w);
+        check(&w, &m, &format!("flush after a maintenance crash at {at}"));
+        let report = maintain_current(&w);
+        assert!(
+            report.tables.values().all(|r| r.error.is_none()),
+            "crash at {at}: {report:?}"
+        );
+        check(&w, &m, &format!("maintenance after a crash at {at}"));
+        later = m;
+        after_seq = s;
+    }
+    assert!(!later.is_empty() && after_seq > seq);
 }

@@ -45,17 +45,23 @@ pub struct FaultPlan {
     pub fail_until_ms: Option<i64>,
     /// Pause the flush (for a long time) once this step is done.
     pub pause_after: Option<CommitStep>,
+    /// Pause only when the step's last put had a key containing this text
+    /// (a step of one table's commit).
+    pub pause_when_key_contains: Option<String>,
     /// Replaces the flush's time budget (ms), to make flushes continue
     /// across alarms with little data.
     pub time_budget_ms: Option<i64>,
     #[serde(skip)]
     puts_seen: u64,
+    #[serde(skip)]
+    last_key: String,
 }
 
 impl FaultPlan {
     /// Called before each put; returns why it must fail, if it must.
     pub fn before_put(&mut self, key: &str, now: i64) -> Option<String> {
         self.puts_seen += 1;
+        self.last_key = key.to_string();
         if self.fail_nth_puts.contains(&self.puts_seen) {
             return Some(format!("injected failure of put #{}", self.puts_seen));
         }
@@ -73,6 +79,10 @@ impl FaultPlan {
     /// Whether to pause once `step` is done.
     pub fn pauses_after(&self, step: CommitStep) -> bool {
         self.pause_after == Some(step)
+            && self
+                .pause_when_key_contains
+                .as_ref()
+                .is_none_or(|text| self.last_key.contains(text.as_str()))
     }
 }
 
@@ -96,5 +106,12 @@ mod tests {
         let plan: FaultPlan = serde_json::from_str(r#"{"pauseAfter":"version-hint"}"#).unwrap();
         assert!(plan.pauses_after(CommitStep::after(ObjectKind::VersionHint)));
         assert!(!plan.pauses_after(CommitStep::Data));
+        let mut plan: FaultPlan =
+            serde_json::from_str(r#"{"pauseAfter":"metadata","pauseWhenKeyContains":"_current/"}"#)
+                .unwrap();
+        plan.before_put("default/users/metadata/v2.metadata.json", 0);
+        assert!(!plan.pauses_after(CommitStep::Metadata));
+        plan.before_put("default_current/users/metadata/v2.metadata.json", 0);
+        assert!(plan.pauses_after(CommitStep::Metadata));
     }
 }

@@ -31,10 +31,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use super::current::read_deleted;
 use super::TableRef;
 use crate::error::{Error, ErrorKind, Result};
+use crate::lake::changelog::ROW_ID;
 use crate::lake::compact::{compactable, plan_bins, CompactPolicy, Rewriter};
+use crate::lake::current::{IndexChange, RowLoc};
 use crate::lake::parquet::ParquetSettings;
+use crate::lake::rewrite::current_compaction_replace;
 use crate::lake::rewrite::{compaction_replace, merge_bins, merge_replace};
 use crate::lake::TableKind;
 use crate::lake::{
@@ -42,7 +46,7 @@ use crate::lake::{
     ManifestFile, MergePolicy, TableMetadata, TablePaths, TableState,
 };
 
-use super::ports::{ObjectStore, Part};
+use super::ports::{ObjectStore, Part, RowIndex};
 use super::procedure::{load_ref, put_commit, Env, Loaded, Outcome, Settings};
 
 /// R2's smallest multipart part (all parts but the last): 5 MiB.
@@ -192,8 +196,9 @@ pub struct Report {
 /// Maintains `tables`, each in the order of the module docs, until done or
 /// out of time. A table whose step fails keeps the error in its report; the
 /// others go on.
-pub async fn run<O: ObjectStore, E: Env>(
+pub async fn run<O: ObjectStore, I: RowIndex, E: Env>(
     objects: &O,
+    index: &I,
     env: &E,
     settings: &Settings<'_>,
     policy: &Policy,
@@ -207,7 +212,7 @@ pub async fn run<O: ObjectStore, E: Env>(
             break;
         }
         let mut r = TableReport::default();
-        let result = maintain(objects, env, settings, policy, table, start, &mut r).await;
+        let result = maintain(objects, index, env, settings, policy, table, start, &mut r).await;
         match result {
             Ok(Done::All) => {}
             Ok(Done::OutOfTime) => report.more = true,
@@ -248,8 +253,10 @@ async fn reload<O: ObjectStore>(
     }
 }
 
-async fn maintain<O: ObjectStore, E: Env>(
+#[allow(clippy::too_many_arguments)]
+async fn maintain<O: ObjectStore, I: RowIndex, E: Env>(
     objects: &O,
+    index: &I,
     env: &E,
     settings: &Settings<'_>,
     policy: &Policy,
@@ -267,13 +274,11 @@ async fn maintain<O: ObjectStore, E: Env>(
     };
     let out_of_time = |env: &E| env.now() - start >= settings.time_budget_ms;
 
-    // Compaction of a current-state table must apply its deletes and move
-    // its row index; until it does, those tables are not compacted.
-    let compact = policy
-        .compact
-        .as_ref()
-        .filter(|_| name.kind == TableKind::Changelog);
-    if let Some(compact) = compact {
+    if name.kind == TableKind::CurrentState {
+        // The row index must agree with the table before rows move.
+        super::current::sync(objects, index, &t.paths, &name.name, Some(&t.state)).await?;
+    }
+    if let Some(compact) = &policy.compact {
         // Manifest entries read once; each compaction reads only the manifest
         // it wrote.
         let mut entries = BTreeMap::new();
@@ -284,6 +289,7 @@ async fn maintain<O: ObjectStore, E: Env>(
             }
             if !compact_one(
                 objects,
+                index,
                 env,
                 settings,
                 policy,
@@ -366,8 +372,9 @@ async fn commit<O: ObjectStore>(
 /// Compacts one group of small files; `false` when there is none.
 /// `entries` caches the entries of the current data manifests, by path.
 #[allow(clippy::too_many_arguments)]
-async fn compact_one<O: ObjectStore, E: Env>(
+async fn compact_one<O: ObjectStore, I: RowIndex, E: Env>(
     objects: &O,
+    index: &I,
     env: &E,
     settings: &Settings<'_>,
     policy: &Policy,
@@ -437,7 +444,21 @@ async fn compact_one<O: ObjectStore, E: Env>(
         .key_for_location(&loc, &file_path)
         .ok_or_else(|| Error::new(ErrorKind::Lake, format!("{file_path} is outside the table")))?;
 
-    let mut rewriter = Rewriter::new(schema, &parquet)?;
+    // A current-state table's files are rewritten with their deletes
+    // applied; the row index follows the rows kept.
+    let current = t.name.kind == TableKind::CurrentState;
+    let deleted = if current {
+        read_deleted(objects, &t.paths, &t.state).await?
+    } else {
+        BTreeMap::new()
+    };
+    let none = roaring::RoaringBitmap::new();
+    let mut moved: Vec<String> = Vec::new();
+    let mut rewriter = if current {
+        Rewriter::with_exact_stats(schema, &parquet)?
+    } else {
+        Rewriter::new(schema, &parquet)?
+    };
     let mut upload: Option<(String, Vec<Part>)> = None;
     for &i in &bin {
         let file = files[i].1;
@@ -453,7 +474,12 @@ async fn compact_one<O: ObjectStore, E: Env>(
         let bytes = objects.get(&input_key).await?.ok_or_else(|| {
             Error::new(ErrorKind::Lake, format!("data file {input_key} is missing"))
         })?;
-        rewriter.push_file(bytes, file)?;
+        if current {
+            let gone = deleted.get(&file.file_path).unwrap_or(&none);
+            moved.extend(rewriter.push_live(bytes, file, gone, ROW_ID)?);
+        } else {
+            rewriter.push_file(bytes, file)?;
+        }
         while let Some(part) = rewriter.take_part(policy.part_bytes) {
             let (id, parts) = match &mut upload {
                 Some(u) => u,
@@ -477,9 +503,52 @@ async fn compact_one<O: ObjectStore, E: Env>(
     }
     objects.step_done(super::faults::CommitStep::Data).await?;
     let removed: BTreeSet<String> = bin.iter().map(|&i| files[i].1.file_path.clone()).collect();
-    let replace = compaction_replace(ids.snapshot_id, spec_id, &removed, vec![data_file], entries)?;
-    let c = plan_replace(&t.state, &t.paths, &ids, replace)?;
-    commit(objects, t, c, r).await?;
+    if !current {
+        let replace =
+            compaction_replace(ids.snapshot_id, spec_id, &removed, vec![data_file], entries)?;
+        let c = plan_replace(&t.state, &t.paths, &ids, replace)?;
+        commit(objects, t, c, r).await?;
+    } else {
+        let delete_manifests: Vec<ManifestFile> = t
+            .state
+            .manifests
+            .iter()
+            .filter(|m| m.content == 1)
+            .cloned()
+            .collect();
+        let delete_entries = read_entries(objects, &t.paths, &loc, &delete_manifests).await?;
+        let new_file = data_file.file_path.clone();
+        let replace = current_compaction_replace(
+            ids.snapshot_id,
+            spec_id,
+            &removed,
+            data_file,
+            entries,
+            &delete_entries,
+        )?;
+        let c = plan_replace(&t.state, &t.paths, &ids, replace)?;
+        let mut change = IndexChange {
+            positions_id: Some(ids.snapshot_id),
+            dropped_files: removed.iter().cloned().collect(),
+            ..IndexChange::default()
+        };
+        change
+            .files
+            .insert(new_file.clone(), roaring::RoaringBitmap::new());
+        for (pos, key) in moved.into_iter().enumerate() {
+            let pos = u32::try_from(pos)
+                .map_err(|_| Error::internal("a compacted file of more than 2^32 rows"))?;
+            let loc = RowLoc {
+                file: new_file.clone(),
+                pos,
+            };
+            change.rows.push((key, Some(loc)));
+        }
+        // Staged before the commit point, applied after (`flush::current`).
+        index.stage(&t.name.name, &change)?;
+        commit(objects, t, c, r).await?;
+        index.apply_staged(&t.name.name)?;
+    }
     r.files_compacted += removed.len() as u64;
     r.files_written += 1;
     Ok(true)

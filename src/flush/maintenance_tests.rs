@@ -97,7 +97,7 @@ fn maintain(w: &World, policy: &Policy) -> Report {
         time_budget_ms: 20_000,
     };
     let tables: Vec<TableRef> = TABLES.iter().map(|t| TableRef::changelog(t)).collect();
-    block_on(run(&w.store, &w.env, &settings, policy, &tables))
+    block_on(run(&w.store, &w.index, &w.env, &settings, policy, &tables))
 }
 
 /// What the live snapshots of `table` hold: every object they reference

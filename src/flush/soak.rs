@@ -121,7 +121,9 @@ fn soak() {
             let t = Instant::now();
             let mut report = None;
             measured(&mut maint_working, &mut || {
-                report = Some(block_on(run(&w.store, &w.env, &settings, &policy, &tables)))
+                report = Some(block_on(run(
+                    &w.store, &w.index, &w.env, &settings, &policy, &tables,
+                )))
             });
             let report = report.unwrap();
             maint_time += t.elapsed().as_secs_f64() * 1000.0;

@@ -10,18 +10,27 @@
 //! current schema with nulls. Rows come out in input order, bit for bit.
 //! The output's statistics are the inputs' merged (counts summed, bounds the
 //! min and max by the column's type), so no value is looked at twice.
+//!
+//! Files of current-state tables are rewritten with their position deletes
+//! applied ([`Rewriter::push_live`]): deleted rows are left out, the row keys
+//! of the rows kept are returned in output order (the row index follows
+//! them), and the statistics are computed from the values written.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use arrow_array::{new_null_array, ArrayRef, RecordBatch};
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Float64Type, Int64Type, TimestampMicrosecondType};
+use arrow_array::{new_null_array, Array, ArrayRef, BooleanArray, RecordBatch};
 use arrow_schema::Schema as ArrowSchema;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::{ArrowWriter, PARQUET_FIELD_ID_META_KEY};
+use roaring::RoaringBitmap;
 
 use super::avro::DataFile;
 use super::metadata::{FieldType, Schema};
 use super::parquet::{arrow_schema, properties, ParquetSettings};
+use super::stats::ColumnStats;
 use crate::error::{Error, ErrorKind, Result};
 
 /// Which files compaction rewrites.
@@ -122,6 +131,29 @@ fn compare(t: &FieldType, a: &[u8], b: &[u8]) -> Option<std::cmp::Ordering> {
     }
 }
 
+/// Adds every value of `column` to `stats` (the types DoLake writes).
+fn observe(stats: &mut ColumnStats, column: &dyn Array) {
+    for i in 0..column.len() {
+        if column.is_null(i) {
+            stats.null();
+            continue;
+        }
+        if let Some(a) = column.as_boolean_opt() {
+            stats.bool(a.value(i));
+        } else if let Some(a) = column.as_primitive_opt::<Int64Type>() {
+            stats.long(a.value(i));
+        } else if let Some(a) = column.as_primitive_opt::<TimestampMicrosecondType>() {
+            stats.long(a.value(i));
+        } else if let Some(a) = column.as_primitive_opt::<Float64Type>() {
+            stats.double(a.value(i));
+        } else if let Some(a) = column.as_string_opt::<i32>() {
+            stats.string(a.value(i));
+        } else {
+            stats.unbounded();
+        }
+    }
+}
+
 /// Rewrites input files into one output file, streaming.
 pub struct Rewriter {
     schema: Schema,
@@ -131,6 +163,8 @@ pub struct Rewriter {
     taken: u64,
     rows: i64,
     stats: BTreeMap<i32, Merged>,
+    /// Statistics from the values written (once a file with deletes is in).
+    exact: Option<Vec<ColumnStats>>,
 }
 
 impl Rewriter {
@@ -157,12 +191,91 @@ impl Rewriter {
                 .iter()
                 .map(|f| (f.id, Merged::default()))
                 .collect(),
+            exact: None,
         })
+    }
+
+    /// A rewriter whose statistics come from the values written (for files
+    /// with deleted rows, whose entries' statistics count those rows too).
+    pub fn with_exact_stats(schema: &Schema, settings: &ParquetSettings) -> Result<Self> {
+        let mut r = Self::new(schema, settings)?;
+        r.exact = Some(vec![ColumnStats::new(); r.arrow.fields().len()]);
+        Ok(r)
+    }
+
+    /// Appends the rows of one input file that `deleted` does not hold
+    /// (positions) and returns their `key_column` values (the row keys), in
+    /// output order. Needs [`with_exact_stats`](Self::with_exact_stats).
+    pub fn push_live(
+        &mut self,
+        bytes: Vec<u8>,
+        file: &DataFile,
+        deleted: &RoaringBitmap,
+        key_column: &str,
+    ) -> Result<Vec<String>> {
+        if self.exact.is_none() {
+            return Err(Error::internal("push_live needs exact statistics"));
+        }
+        let key_index = self
+            .arrow
+            .fields()
+            .iter()
+            .position(|f| f.name() == key_column)
+            .ok_or_else(|| parquet_error(format!("no column `{key_column}`")))?;
+        let mut keys = Vec::new();
+        let mut pos: u32 = 0;
+        let mut seen = 0_i64;
+        self.read_file(bytes, file, &mut |batch| {
+            let n = batch.num_rows();
+            let keep: BooleanArray = (0..n)
+                .map(|i| Some(!deleted.contains(pos + i as u32)))
+                .collect();
+            pos += n as u32;
+            seen += n as i64;
+            let kept =
+                arrow_select::filter::filter_record_batch(&batch, &keep).map_err(parquet_error)?;
+            let k = kept.column(key_index).as_string::<i32>();
+            keys.extend((0..k.len()).map(|i| k.value(i).to_string()));
+            Ok(kept)
+        })?;
+        if seen != file.record_count {
+            return Err(parquet_error(format!(
+                "{} holds {seen} rows, its manifest entry says {}",
+                file.file_path, file.record_count
+            )));
+        }
+        Ok(keys)
     }
 
     /// Appends every row of one input file; `file` is its manifest entry,
     /// whose statistics are merged into the output's.
     pub fn push_file(&mut self, bytes: Vec<u8>, file: &DataFile) -> Result<()> {
+        let mut rows = 0_i64;
+        let by_id = self.read_file(bytes, file, &mut |batch| {
+            rows += batch.num_rows() as i64;
+            Ok(batch)
+        })?;
+        if rows != file.record_count {
+            return Err(parquet_error(format!(
+                "{} holds {rows} rows, its manifest entry says {}",
+                file.file_path, file.record_count
+            )));
+        }
+        if self.exact.is_none() {
+            self.merge_stats(file, &by_id);
+        }
+        Ok(())
+    }
+
+    /// Reads `bytes` (the input `file`) as the table's schema, batch by
+    /// batch, and writes what `each` makes of every batch. Returns which
+    /// input column holds each field id.
+    fn read_file(
+        &mut self,
+        bytes: Vec<u8>,
+        file: &DataFile,
+        each: &mut dyn FnMut(RecordBatch) -> Result<RecordBatch>,
+    ) -> Result<BTreeMap<i32, usize>> {
         let builder = ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(bytes))
             .map_err(parquet_error)?;
         // Which input column feeds each output column (by field id).
@@ -204,7 +317,6 @@ impl Rewriter {
             }
         }
         let reader = builder.build().map_err(parquet_error)?;
-        let mut rows = 0_i64;
         for batch in reader {
             let batch = batch.map_err(parquet_error)?;
             let columns: Vec<ArrayRef> = sources
@@ -216,18 +328,17 @@ impl Rewriter {
                 })
                 .collect();
             let out = RecordBatch::try_new(self.arrow.clone(), columns).map_err(parquet_error)?;
+            let out = each(out)?;
+            if let Some(exact) = &mut self.exact {
+                for (stats, column) in exact.iter_mut().zip(out.columns()) {
+                    observe(stats, column.as_ref());
+                }
+            }
             self.writer.write(&out).map_err(parquet_error)?;
-            rows += batch.num_rows() as i64;
+            self.rows += out.num_rows() as i64;
         }
-        if rows != file.record_count {
-            return Err(parquet_error(format!(
-                "{} holds {rows} rows, its manifest entry says {}",
-                file.file_path, file.record_count
-            )));
-        }
-        self.rows += rows;
-        self.merge_stats(file, &by_id);
-        Ok(())
+        let _ = file;
+        Ok(by_id)
     }
 
     fn merge_stats(&mut self, file: &DataFile, present: &BTreeMap<i32, usize>) {
@@ -320,6 +431,7 @@ impl Rewriter {
             taken,
             rows,
             stats,
+            exact,
             ..
         } = self;
         writer.flush().map_err(parquet_error)?;
@@ -343,6 +455,22 @@ impl Rewriter {
             lower_bounds: BTreeMap::new(),
             upper_bounds: BTreeMap::new(),
         };
+        if let Some(exact) = exact {
+            for (field, st) in schema.fields.iter().zip(&exact) {
+                file.value_counts.insert(field.id, st.values as i64);
+                file.null_value_counts.insert(field.id, st.nulls as i64);
+                if field.field_type == FieldType::Double {
+                    file.nan_value_counts.insert(field.id, st.nans as i64);
+                }
+                if let Some(b) = st.lower_bound() {
+                    file.lower_bounds.insert(field.id, b);
+                }
+                if let Some(b) = st.upper_bound() {
+                    file.upper_bounds.insert(field.id, b);
+                }
+            }
+            return Ok((last, file));
+        }
         for (id, m) in stats {
             if m.unknown {
                 continue;

@@ -67,6 +67,9 @@ pub struct Replace {
     /// Data files already uploaded by the caller (compaction), as puts are
     /// not part of this plan: their total size, for the summary.
     pub added_bytes: u64,
+    /// The row positions mark of the new snapshot when rows moved (a
+    /// current-state table's compaction); `None` carries the parent's.
+    pub positions: Option<i64>,
 }
 
 /// Partition summaries of `files` under `spec` (manifest list field 507).
@@ -92,11 +95,19 @@ fn lake_error(msg: impl Into<String>) -> Error {
     Error::new(ErrorKind::Lake, msg.into())
 }
 
+/// The rows a reader sees: the data files' rows less their position
+/// deletes (each deleted position is of a live row, see `lake::current`).
 fn live_rows(manifests: &[ManifestFile]) -> i64 {
     manifests
         .iter()
-        .filter(|m| m.content == 0)
-        .map(|m| m.added_rows_count + m.existing_rows_count)
+        .map(|m| {
+            let rows = m.added_rows_count + m.existing_rows_count;
+            if m.content == 0 {
+                rows
+            } else {
+                -rows
+            }
+        })
         .sum()
 }
 
@@ -151,9 +162,15 @@ pub fn plan_replace(
     let (mut added_files, mut deleted_files, mut added_rows, mut deleted_rows) =
         (0_u64, 0_u64, 0_i64, 0_i64);
     let mut removed_bytes = 0_u64;
+    // Delete files removed (their positions applied by a compaction).
+    let (mut removed_delete_files, mut removed_positions) = (0_u64, 0_i64);
     for (i, m) in replace.manifests.iter().enumerate() {
         if m.entries.is_empty() {
             continue;
+        }
+        let content = m.entries[0].file.content;
+        if m.entries.iter().any(|e| e.file.content != content) {
+            return Err(Error::internal("a manifest mixes data and delete files"));
         }
         let spec = base
             .partition_specs
@@ -175,10 +192,18 @@ pub fn plan_replace(
         let as_i32 = |n: usize| {
             i32::try_from(n).map_err(|_| Error::internal("too many files in one manifest"))
         };
-        added_files += count(EntryStatus::Added) as u64;
-        deleted_files += count(EntryStatus::Deleted) as u64;
-        added_rows += rows(EntryStatus::Added);
-        deleted_rows += rows(EntryStatus::Deleted);
+        if content != 0 {
+            if count(EntryStatus::Added) > 0 {
+                return Err(Error::internal("a replace must not add delete files"));
+            }
+            removed_delete_files += count(EntryStatus::Deleted) as u64;
+            removed_positions += rows(EntryStatus::Deleted);
+        } else {
+            added_files += count(EntryStatus::Added) as u64;
+            deleted_files += count(EntryStatus::Deleted) as u64;
+            added_rows += rows(EntryStatus::Added);
+            deleted_rows += rows(EntryStatus::Deleted);
+        }
         removed_bytes += m
             .entries
             .iter()
@@ -196,7 +221,7 @@ pub fn plan_replace(
             manifest_path: path.clone(),
             manifest_length: bytes.len() as i64,
             partition_spec_id: m.spec_id,
-            content: 0,
+            content,
             sequence_number,
             min_sequence_number,
             added_snapshot_id: ids.snapshot_id,
@@ -225,7 +250,9 @@ pub fn plan_replace(
     let mut manifests = written;
     let created = manifests.len();
     manifests.extend(kept);
-    if live_rows(&manifests) != live_rows(&state.manifests) || added_rows != deleted_rows {
+    if live_rows(&manifests) != live_rows(&state.manifests)
+        || added_rows != deleted_rows - removed_positions
+    {
         return Err(Error::internal(format!(
             "a {} must not change the rows: {} live rows before, {} after",
             replace.kind.name(),
@@ -279,7 +306,15 @@ pub fn plan_replace(
     put("manifests-created", created as u64);
     put("manifests-replaced", replace.replaced.len() as u64);
     put("manifests-kept", kept_count as u64);
-    put("total-records", prev("total-records"));
+    put(
+        "total-records",
+        (prev("total-records") + added_rows as u64).saturating_sub(deleted_rows as u64),
+    );
+    if removed_delete_files > 0 {
+        put("removed-delete-files", removed_delete_files);
+        put("removed-position-delete-files", removed_delete_files);
+        put("removed-position-deletes", removed_positions as u64);
+    }
     put(
         "total-data-files",
         (prev("total-data-files") + added_files).saturating_sub(deleted_files),
@@ -288,12 +323,17 @@ pub fn plan_replace(
         "total-files-size",
         (prev("total-files-size") + replace.added_bytes).saturating_sub(removed_bytes),
     );
-    for k in [
+    put(
         "total-delete-files",
+        prev("total-delete-files").saturating_sub(removed_delete_files),
+    );
+    put(
         "total-position-deletes",
-        "total-equality-deletes",
-    ] {
-        put(k, prev(k));
+        prev("total-position-deletes").saturating_sub(removed_positions as u64),
+    );
+    put("total-equality-deletes", prev("total-equality-deletes"));
+    if let Some(p) = replace.positions {
+        summary.insert(super::current::SUMMARY_POSITIONS.to_string(), p.to_string());
     }
     summary.insert(
         Operation::SUMMARY_KEY.to_string(),
@@ -422,6 +462,7 @@ pub fn merge_replace(
         });
     }
     Ok(Replace {
+        positions: None,
         kind: ReplaceKind::MergeManifests,
         replaced,
         manifests,
@@ -471,6 +512,7 @@ pub fn compaction_replace(
             .map(|f| ManifestEntry::added(snapshot_id, f)),
     );
     Ok(Replace {
+        positions: None,
         kind: ReplaceKind::Compaction,
         replaced,
         manifests: vec![NewManifest {
@@ -479,4 +521,37 @@ pub fn compaction_replace(
         }],
         added_bytes,
     })
+}
+/// The compaction of a current-state table: [`compaction_replace`] of the
+/// data files, whose position deletes the new file has applied, plus the
+/// table's delete manifests (`delete_entries`, by manifest path) rewritten
+/// into one with the removed files' delete files DELETED. The new snapshot
+/// is at row positions `positions` (its own id).
+pub fn current_compaction_replace(
+    snapshot_id: i64,
+    spec_id: i32,
+    removed: &BTreeSet<String>,
+    added: DataFile,
+    entries: &BTreeMap<String, Vec<ManifestEntry>>,
+    delete_entries: &BTreeMap<String, Vec<ManifestEntry>>,
+) -> Result<Replace> {
+    let mut replace = compaction_replace(snapshot_id, spec_id, removed, vec![added], entries)?;
+    let mut out = Vec::new();
+    for (path, listed) in delete_entries {
+        replace.replaced.insert(path.clone());
+        for e in listed.iter().filter(|e| e.status.is_live()) {
+            match super::current::referenced_file(&e.file) {
+                Some(f) if removed.contains(&f) => out.push(e.deleted(snapshot_id)),
+                _ => out.push(e.existing()),
+            }
+        }
+    }
+    if !out.is_empty() {
+        replace.manifests.push(NewManifest {
+            spec_id,
+            entries: out,
+        });
+    }
+    replace.positions = Some(snapshot_id);
+    Ok(replace)
 }

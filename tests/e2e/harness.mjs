@@ -283,12 +283,14 @@ export async function waitFor(check, ms, what) {
 const root = path.resolve(here, '../..');
 
 /** Runs tests/e2e/verify_lake.py (pyiceberg + DuckDB) on an exported lake. */
-export function verifyLake({ warehouse, namespace = 'default', events }) {
-  const expected = path.join(warehouse, '..', 'expected.jsonl');
+export function verifyLake({ warehouse, namespace = 'default', events, currentState = false }) {
+  const expected = path.join(warehouse, '..', currentState ? 'expected-current.jsonl' : 'expected.jsonl');
   writeFileSync(expected, events.map((e) => JSON.stringify(e)).join('\n') + '\n');
   const python = path.join(root, '.tools/venv/bin/python');
+  const args = [path.join(here, 'verify_lake.py'), '--warehouse', warehouse, '--namespace', namespace, '--expected', expected];
+  if (currentState) args.push('--current-state');
   return new Promise((resolve, reject) => {
-    const child = spawn(python, [path.join(here, 'verify_lake.py'), '--warehouse', warehouse, '--namespace', namespace, '--expected', expected], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(python, args, { stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';
     child.stdout.on('data', (d) => { out += d; });
     child.stderr.on('data', (d) => { out += d; });

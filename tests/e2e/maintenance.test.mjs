@@ -88,8 +88,13 @@ describe('table maintenance', () => {
       assert.equal(users.value, r.body.tables.users.health.dataFiles);
       assert.equal(m.dolake_table_data_files.type, 'gauge');
       assert.ok(m.dolake_maintenance_files_compacted_total.samples[0].value >= 24);
+      // The change logs and the current-state tables of both CDC tables.
       const logs = server.logs.filter((l) => l.includes('"event":"maintained"'));
-      assert.equal(logs.length, 2);
+      assert.equal(logs.length, 4);
+      for (const t of ['default_current.users', 'default_current.orders']) {
+        assert.equal(r.body.tables[t].error, null, JSON.stringify(r.body.tables[t]));
+        assert.ok(r.body.tables[t].filesCompacted >= 12, JSON.stringify(r.body.tables[t]));
+      }
 
       // The tables go on: more commits, a second run, every row once. The
       // snapshots that still listed the compacted files have expired by now

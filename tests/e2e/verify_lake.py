@@ -36,6 +36,13 @@ Paths inside the metadata (e.g. `s3://bucket/warehouse/ns/t/...`) are mapped
 onto DIR: pyiceberg through a FileIO that rewrites the table location prefix,
 DuckDB through `allow_moved_paths`. So an exported R2 bucket reads as is.
 
+With `--current-state` the tables are DoLake's current-state tables (in
+their own namespace, e.g. `default_current`): the expected rows are the last
+image of every live row key (`rowId`), applying the events in file order
+(an INSERT or UPDATE sets the key's row, a DELETE removes it), each compared
+as above with the key's last event (`_cdc_before` null). Readers apply the
+tables' position deletes.
+
 Exit status 0 with one summary line per table, 1 with a bounded list of
 differences, 2 on usage errors. `verify()` / `verify_table()` /
 `compare_rows()` are importable for tests.
@@ -586,6 +593,7 @@ def verify(
     namespace: str,
     expected: str | list[dict],
     tables: Iterable[str] | None = None,
+    current_state: bool = False,
 ) -> tuple[list[TableReport], list[str]]:
     """Verifies every table of the expected events (a JSONL path or a list of
     events), or only `tables`. Returns the reports and file-level errors."""
@@ -600,8 +608,22 @@ def verify(
             else:
                 events.append(e)
     groups = group_events(events, tables)
+    if current_state:
+        groups = {t: current_rows(evs) for t, evs in groups.items()}
     reports = [verify_table(warehouse, namespace, t, evs) for t, evs in sorted(groups.items())]
     return reports, errors
+
+
+def current_rows(events: list[dict]) -> list[dict]:
+    """The last event of every live row key of one table's events (in
+    order), as the event a current-state row must equal."""
+    live: dict[Any, dict] = {}
+    for e in events:
+        key = json.dumps(e["rowId"])
+        live.pop(key, None)  # a re-insert moves the key to the end
+        if e["operation"] != "DELETE":
+            live[key] = {**e, "before": None}
+    return list(live.values())
 
 
 def format_result(reports: list[TableReport], errors: list[str], limit: int = MAX_DIFF_LINES) -> tuple[bool, str]:
@@ -625,12 +647,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--namespace", required=True)
     ap.add_argument("--expected", required=True, help="JSONL of the events sent, one per line")
     ap.add_argument("--tables", help="comma-separated tables to verify (default: all in the expected file)")
+    ap.add_argument("--current-state", action="store_true", help="the tables are current-state tables")
     a = ap.parse_args(argv)
     tables = [t for t in a.tables.split(",") if t] if a.tables else None
     if not os.path.isdir(a.warehouse):
         print(f"no such directory: {a.warehouse}", file=sys.stderr)
         return 2
-    reports, errors = verify(a.warehouse, a.namespace, a.expected, tables)
+    reports, errors = verify(a.warehouse, a.namespace, a.expected, tables, a.current_state)
     ok, text = format_result(reports, errors)
     print(text)
     return 0 if ok else 1

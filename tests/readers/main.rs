@@ -1279,6 +1279,7 @@ fn write_maintained_table(out: &Path) -> Value {
         store.clock.set(env.now.get());
         let report = block_on(maintenance::run(
             store,
+            &MapIndex::default(),
             env,
             &settings,
             &policy,
