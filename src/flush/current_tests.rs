@@ -147,6 +147,16 @@ fn check_index(w: &World, model: &Model, what: &str) {
             assert_eq!(index.positions, Some(positions), "{what}");
             assert_eq!(m.properties["dolake.table-kind"], "current-state");
             assert_eq!(&m.properties["dolake.cdc-table"], table);
+            // Committed with the change log's source watermarks.
+            let changelog = TablePaths::new("default", table).unwrap();
+            let hint = w.store.object(&changelog.version_hint_key()).unwrap();
+            let v = crate::lake::parse_version_hint(&hint).unwrap();
+            let c = TableMetadata::from_json(&w.store.object(&changelog.metadata_key(v)).unwrap())
+                .unwrap();
+            assert_eq!(
+                m.properties["dolake.watermarks"], c.properties["dolake.watermarks"],
+                "{what}: {table}"
+            );
         }
     }
 }

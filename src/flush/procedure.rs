@@ -280,7 +280,13 @@ async fn step<B: Buffer, O: ObjectStore, I: RowIndex, E: Env>(
             for (i, reason, refused) in planned.rejected {
                 if !refused || !kinds.changelog() {
                     rejected.push(Rejected {
-                        table: r.label(settings.config),
+                        // What the lake's rule refuses is the event's own
+                        // fault; the rest is this table's.
+                        table: if refused {
+                            table.clone()
+                        } else {
+                            r.label(settings.config)
+                        },
                         reason,
                         row: work.rows[i],
                         event: work.events[i].clone(),

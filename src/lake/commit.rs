@@ -358,6 +358,7 @@ pub fn plan_commit_with_marks(
 ) -> Result<Commit> {
     let kind = TableKind::Changelog;
     let extra = Extra {
+        applied: None,
         layout: "changelog-v1",
         table_properties: kind.properties(&options.table),
         deletes: None,
@@ -401,7 +402,10 @@ impl TableKind {
 }
 
 /// What differs between the commits of the table kinds.
-pub(crate) struct Extra {
+pub(crate) struct Extra<'e> {
+    /// The changes the commit applies, when not only the rows it writes
+    /// (their watermarks are recorded).
+    pub applied: Option<&'e [ChangeEvent]>,
     /// `dolake.table-layout` of a new table.
     pub layout: &'static str,
     /// Set by every commit.
@@ -422,7 +426,7 @@ pub(crate) fn plan_rows(
     options: &WriteOptions,
     ids: &CommitIds,
     marks: &BTreeMap<String, String>,
-    extra: Extra,
+    extra: Extra<'_>,
 ) -> Result<Commit> {
     let start = Start::new(extra.counted, current, options, ids, marks)?;
     let base = start.base();
@@ -447,11 +451,15 @@ pub(crate) fn plan_rows(
     let (spec, spec_is_new, last_partition_id) = resolve_spec(base, options.partition_by, ts_id);
     let transform = spec.fields.first().map(|f| f.transform.clone());
     let mut groups: BTreeMap<Option<i32>, Vec<&ChangeEvent>> = BTreeMap::new();
-    let mut sources: BTreeMap<String, Watermark> = BTreeMap::new();
     for e in events {
         let micros = e.timestamp_micros()?;
         let key = transform.as_ref().and_then(|t| t.of_micros(micros));
         groups.entry(key).or_default().push(e);
+    }
+    // The watermarks of every change the commit applies (a current-state
+    // commit writes no row for a DELETE, yet applies it).
+    let mut sources: BTreeMap<String, Watermark> = BTreeMap::new();
+    for e in extra.applied.unwrap_or(events) {
         sources
             .entry(e.source_id.clone())
             .or_default()

@@ -277,6 +277,7 @@ pub fn plan_current_commit(
         );
     }
     let extra = Extra {
+        applied: Some(events),
         layout: "current-state-v1",
         table_properties: TableKind::CurrentState.properties(cdc_table),
         deletes,

@@ -332,3 +332,29 @@ def test_duplicate_and_extra_rows_in_the_lake_are_caught():
     ]
     as_float = [dict(rows[0], doc=json.dumps({"a": [1.0, 2.5]})), rows[1]]
     assert vl.compare_rows("r", as_float, events, cols) != []
+
+
+def test_current_rows_are_the_last_image_of_every_live_key():
+    from verify_lake import current_rows
+
+    def ev(seq, op, key, n=None):
+        e = {"sourceDoId": "s", "sequence": seq, "timestamp": 1, "operation": op, "table": "t", "rowId": key}
+        if op != "DELETE":
+            e["after"] = {"n": n}
+        if op != "INSERT":
+            e["before"] = {"n": -1}
+        return e
+
+    rows = current_rows([
+        ev(1, "INSERT", "a", 1),
+        ev(2, "UPDATE", "a", 2),
+        ev(3, "INSERT", "b", 3),
+        ev(4, "DELETE", "b"),
+        ev(5, "DELETE", "c"),
+        ev(6, "UPDATE", "d", 6),
+        ev(7, "DELETE", "a"),
+        ev(8, "INSERT", "a", 8),
+        ev(9, "INSERT", 10, 9),
+    ])
+    assert [(r["rowId"], r["sequence"], r["after"]["n"]) for r in rows] == [("d", 6, 6), ("a", 8, 8), (10, 9, 9)]
+    assert all(r["before"] is None for r in rows)
