@@ -15,7 +15,7 @@ export AR_wasm32_unknown_unknown := llvm-ar
 
 DEV_PORT ?= 8787
 
-.PHONY: setup build build-test dev test test-native test-readers test-e2e deploy-check lint bench soak clean
+.PHONY: setup build build-test dev test test-native test-readers test-e2e deploy-check lint bench bench-current soak clean
 
 setup:
 	@bash scripts/setup.sh
@@ -60,6 +60,14 @@ lint:
 bench: build
 	cargo build --release --bin dolake-loadgen
 	node tests/bench/run.mjs
+	node tests/bench/current_state.mjs
+
+## Current-state tables (issue 11, see docs/benchmarks.md): flush cost against
+## the change log only, scans with position deletes against compacted, the
+## row index's bytes per row; then the core's own flush cost (native).
+bench-current: build
+	node tests/bench/current_state.mjs
+	cargo test --release --lib flush::current_tests::flush_cost -- --ignored --nocapture
 
 ## Maintenance soaks (issue 10, see docs/benchmarks.md): the core with the
 ## in-memory store, SOAK_COMMITS commits (default 100,000, ~35 simulated days)

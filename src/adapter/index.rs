@@ -9,8 +9,12 @@
 //!   Iceberg v3 deletion vectors' payload);
 //! - `cs_rows(tbl, key, file, pos)`: where each live row key lies (the file
 //!   by id, so a row costs its key plus two integers);
-//! - `cs_stage_rows`, `cs_stage_files`: the staged change, applied by
-//!   [`RowIndex::apply_staged`] in one transaction.
+//! - `cs_stage_chunks`, `cs_stage_files`: the staged change, applied by
+//!   [`RowIndex::apply_staged`] in one transaction. Its rows are staged as
+//!   JSON arrays `[key, file index, position]` (`[key]` removes the key) in
+//!   chunks of at most [`CHUNK_BYTES`], and applied by SQL over `json_each`:
+//!   a few statements per change, not one per row (each statement crosses
+//!   from WASM into the runtime).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -40,23 +44,23 @@ pub(super) const SCHEMA: &[&str] = &[
         file INTEGER NOT NULL,
         pos INTEGER NOT NULL,
         PRIMARY KEY (tbl, key)) WITHOUT ROWID",
-    "CREATE TABLE IF NOT EXISTS cs_stage_rows (
+    "CREATE TABLE IF NOT EXISTS cs_stage_chunks (
         tbl TEXT NOT NULL,
-        key TEXT NOT NULL,
-        path TEXT,
-        pos INTEGER,
-        PRIMARY KEY (tbl, key)) WITHOUT ROWID",
+        n INTEGER NOT NULL,
+        data TEXT NOT NULL,
+        PRIMARY KEY (tbl, n)) WITHOUT ROWID",
     "CREATE TABLE IF NOT EXISTS cs_stage_files (
         tbl TEXT NOT NULL,
+        idx INTEGER NOT NULL,
         path TEXT NOT NULL,
         deleted BLOB,
         dropped INTEGER NOT NULL,
-        PRIMARY KEY (tbl, path)) WITHOUT ROWID",
+        PRIMARY KEY (tbl, idx)) WITHOUT ROWID",
 ];
 
-/// Rows per multi-row statement (Durable Object SQLite binds at most 100
-/// parameters per statement).
-const ROWS_PER_STATEMENT: usize = 24;
+/// Largest JSON text bound to one statement (Durable Object SQLite holds
+/// strings of up to 2 MB).
+const CHUNK_BYTES: usize = 512 * 1024;
 
 fn index_error(what: &str, e: impl std::fmt::Display) -> Error {
     Error::storage(format!("row index: {what}: {e}"))
@@ -67,6 +71,27 @@ fn bitmap_bytes(b: &RoaringBitmap) -> Result<Vec<u8>> {
     b.serialize_into(&mut out)
         .map_err(|e| index_error("encoding a bitmap", e))?;
     Ok(out)
+}
+
+/// `values` as JSON arrays of at most about [`CHUNK_BYTES`] of text each.
+fn json_chunks(values: impl Iterator<Item = serde_json::Value>) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::from("[");
+    for v in values {
+        if cur.len() > 1 {
+            cur.push(',');
+        }
+        cur.push_str(&v.to_string());
+        if cur.len() >= CHUNK_BYTES {
+            cur.push(']');
+            out.push(std::mem::replace(&mut cur, String::from("[")));
+        }
+    }
+    if cur.len() > 1 {
+        cur.push(']');
+        out.push(cur);
+    }
+    out
 }
 
 fn int(v: &SqlStorageValue) -> Option<i64> {
@@ -125,15 +150,14 @@ impl RowIndex for Store {
 
     fn lookup(&self, table: &str, keys: &[&str]) -> Result<HashMap<String, RowLoc>> {
         let mut out = HashMap::new();
-        for chunk in keys.chunks(90) {
-            let marks = vec!["?"; chunk.len()].join(",");
-            let query = format!(
-                "SELECT r.key, f.path, r.pos FROM cs_rows r JOIN cs_files f ON f.id = r.file
-                 WHERE r.tbl = ? AND r.key IN ({marks})"
-            );
-            let mut bindings: Vec<SqlStorageValue> = vec![table.into()];
-            bindings.extend(chunk.iter().map(|k| SqlStorageValue::from(*k)));
-            for r in self.rows(&query, bindings)? {
+        for chunk in json_chunks(keys.iter().map(|k| serde_json::Value::from(*k))) {
+            let rows = self.rows(
+                "SELECT r.key, f.path, r.pos FROM json_each(?) j
+                 CROSS JOIN cs_rows r CROSS JOIN cs_files f
+                 WHERE r.tbl = ? AND r.key = j.value AND f.id = r.file",
+                vec![chunk.into(), table.into()],
+            )?;
+            for r in rows {
                 if let [SqlStorageValue::String(key), SqlStorageValue::String(path), pos] = &r[..] {
                     let pos = int(pos)
                         .and_then(|p| u32::try_from(p).ok())
@@ -171,59 +195,53 @@ impl RowIndex for Store {
     }
 
     fn stage(&self, table: &str, change: &IndexChange) -> Result<()> {
+        let t = || -> Vec<SqlStorageValue> { vec![table.into()] };
         let mut statements: Vec<Statement> = vec![
-            (
-                "DELETE FROM cs_stage_rows WHERE tbl = ?".into(),
-                vec![table.into()],
-            ),
-            (
-                "DELETE FROM cs_stage_files WHERE tbl = ?".into(),
-                vec![table.into()],
-            ),
+            ("DELETE FROM cs_stage_chunks WHERE tbl = ?".into(), t()),
+            ("DELETE FROM cs_stage_files WHERE tbl = ?".into(), t()),
         ];
-        for chunk in change.rows.chunks(ROWS_PER_STATEMENT) {
-            let values = vec!["(?, ?, ?, ?)"; chunk.len()].join(",");
-            let mut bindings = Vec::with_capacity(chunk.len() * 4);
-            for (key, loc) in chunk {
-                bindings.push(table.into());
-                bindings.push(key.as_str().into());
-                match loc {
-                    Some(l) => {
-                        bindings.push(l.file.as_str().into());
-                        bindings.push(i64::from(l.pos).into());
-                    }
-                    None => {
-                        bindings.push(SqlStorageValue::Null);
-                        bindings.push(SqlStorageValue::Null);
-                    }
-                }
-            }
-            statements.push((
-                format!(
-                    "INSERT OR REPLACE INTO cs_stage_rows (tbl, key, path, pos) VALUES {values}"
-                )
-                .into(),
-                bindings,
-            ));
-        }
+        let mut file_idx: HashMap<&str, usize> = HashMap::new();
         for (path, bitmap) in &change.files {
+            let idx = file_idx.len();
+            file_idx.insert(path.as_str(), idx);
             statements.push((
-                "INSERT OR REPLACE INTO cs_stage_files (tbl, path, deleted, dropped)
-                 VALUES (?, ?, ?, 0)"
+                "INSERT INTO cs_stage_files (tbl, idx, path, deleted, dropped)
+                 VALUES (?, ?, ?, ?, 0)"
                     .into(),
                 vec![
                     table.into(),
+                    (idx as i64).into(),
                     path.as_str().into(),
                     bitmap_bytes(bitmap)?.into(),
                 ],
             ));
         }
         for path in &change.dropped_files {
+            let idx = file_idx.len() + 1_000_000;
             statements.push((
-                "INSERT OR REPLACE INTO cs_stage_files (tbl, path, deleted, dropped)
-                 VALUES (?, ?, NULL, 1)"
+                "INSERT INTO cs_stage_files (tbl, idx, path, deleted, dropped)
+                 VALUES (?, ?, ?, NULL, 1)"
                     .into(),
-                vec![table.into(), path.as_str().into()],
+                vec![table.into(), (idx as i64).into(), path.as_str().into()],
+            ));
+            file_idx.insert(path.as_str(), idx);
+        }
+        let mut rows = Vec::with_capacity(change.rows.len());
+        for (key, loc) in &change.rows {
+            rows.push(match loc {
+                Some(l) => {
+                    let idx = file_idx.get(l.file.as_str()).ok_or_else(|| {
+                        index_error("staging", format!("row in {} not among the files", l.file))
+                    })?;
+                    serde_json::json!([key, idx, l.pos])
+                }
+                None => serde_json::json!([key]),
+            });
+        }
+        for (n, chunk) in json_chunks(rows.into_iter()).into_iter().enumerate() {
+            statements.push((
+                "INSERT INTO cs_stage_chunks (tbl, n, data) VALUES (?, ?, ?)".into(),
+                vec![table.into(), (n as i64).into(), chunk.into()],
             ));
         }
         let positions = match change.positions_id {
@@ -244,7 +262,12 @@ impl RowIndex for Store {
     fn apply_staged(&self, table: &str) -> Result<()> {
         let t = || -> Vec<SqlStorageValue> { vec![table.into()] };
         let tt = || -> Vec<SqlStorageValue> { vec![table.into(), table.into()] };
-        self.transaction(vec![
+        let chunks = self
+            .rows("SELECT n FROM cs_stage_chunks WHERE tbl = ?", t())?
+            .iter()
+            .filter_map(|r| r.first().and_then(int))
+            .collect::<Vec<i64>>();
+        let mut statements: Vec<Statement> = vec![
             (
                 "DELETE FROM cs_rows WHERE tbl = ? AND file IN (SELECT f.id FROM cs_files f
                    JOIN cs_stage_files s ON s.tbl = f.tbl AND s.path = f.path
@@ -265,21 +288,33 @@ impl RowIndex for Store {
                     .into(),
                 t(),
             ),
-            (
-                "DELETE FROM cs_rows WHERE tbl = ? AND key IN
-                   (SELECT key FROM cs_stage_rows WHERE tbl = ? AND path IS NULL)"
+        ];
+        // One chunk per statement: json_each over one bound row, each of its
+        // elements looked up by primary key.
+        for n in chunks {
+            let chunk = || -> Vec<SqlStorageValue> { vec![table.into(), n.into(), table.into()] };
+            statements.push((
+                "DELETE FROM cs_rows WHERE tbl = ?3 AND key IN
+                   (SELECT json_extract(j.value, '$[0]') FROM json_each(
+                      (SELECT data FROM cs_stage_chunks WHERE tbl = ?1 AND n = ?2)) j
+                    WHERE json_array_length(j.value) = 1)"
                     .into(),
-                tt(),
-            ),
-            (
+                chunk(),
+            ));
+            statements.push((
                 "INSERT OR REPLACE INTO cs_rows (tbl, key, file, pos)
-                 SELECT s.tbl, s.key, f.id, s.pos FROM cs_stage_rows s
-                 JOIN cs_files f ON f.tbl = s.tbl AND f.path = s.path
-                 WHERE s.tbl = ? AND s.path IS NOT NULL"
+                 SELECT ?3, json_extract(j.value, '$[0]'), f.id, json_extract(j.value, '$[2]')
+                 FROM json_each((SELECT data FROM cs_stage_chunks WHERE tbl = ?1 AND n = ?2)) j
+                 CROSS JOIN cs_stage_files s CROSS JOIN cs_files f
+                 WHERE json_array_length(j.value) = 3
+                   AND s.tbl = ?3 AND s.idx = json_extract(j.value, '$[1]')
+                   AND f.tbl = ?3 AND f.path = s.path"
                     .into(),
-                t(),
-            ),
-            ("DELETE FROM cs_stage_rows WHERE tbl = ?".into(), t()),
+                chunk(),
+            ));
+        }
+        statements.extend([
+            ("DELETE FROM cs_stage_chunks WHERE tbl = ?".into(), t()),
             ("DELETE FROM cs_stage_files WHERE tbl = ?".into(), t()),
             (
                 "UPDATE cs_state SET positions = stage_positions, has_stage = 0,
@@ -287,13 +322,14 @@ impl RowIndex for Store {
                     .into(),
                 t(),
             ),
-        ])
+        ]);
+        self.transaction(statements)
     }
 
     fn discard_staged(&self, table: &str) -> Result<()> {
         let t = || -> Vec<SqlStorageValue> { vec![table.into()] };
         self.transaction(vec![
-            ("DELETE FROM cs_stage_rows WHERE tbl = ?".into(), t()),
+            ("DELETE FROM cs_stage_chunks WHERE tbl = ?".into(), t()),
             ("DELETE FROM cs_stage_files WHERE tbl = ?".into(), t()),
             (
                 "UPDATE cs_state SET has_stage = 0, stage_positions = NULL WHERE tbl = ?".into(),
@@ -307,7 +343,7 @@ impl RowIndex for Store {
         self.transaction(vec![
             ("DELETE FROM cs_rows WHERE tbl = ?".into(), t()),
             ("DELETE FROM cs_files WHERE tbl = ?".into(), t()),
-            ("DELETE FROM cs_stage_rows WHERE tbl = ?".into(), t()),
+            ("DELETE FROM cs_stage_chunks WHERE tbl = ?".into(), t()),
             ("DELETE FROM cs_stage_files WHERE tbl = ?".into(), t()),
             ("DELETE FROM cs_state WHERE tbl = ?".into(), t()),
         ])

@@ -235,6 +235,8 @@ async fn rebuild<O: ObjectStore, I: RowIndex>(
                 }
                 if pending.rows.len() >= REBUILD_CHUNK {
                     apply(index, table, std::mem::take(&mut pending))?;
+                    // Every change names the files its rows lie in.
+                    pending.files.insert(file.clone(), gone.clone());
                 }
             }
         }

@@ -372,3 +372,66 @@ fn a_crash_at_any_maintenance_operation_keeps_table_and_index_agreeing() {
     }
     assert!(!later.is_empty() && after_seq > seq);
 }
+
+/// Native flush cost of current-state tables against the change log only
+/// (`cargo test --release --lib flush::current_tests::flush_cost -- --ignored --nocapture`).
+#[test]
+#[ignore]
+fn flush_cost() {
+    let run = |kinds: &str, updates: bool| -> f64 {
+        let mut w = World::new();
+        w.config = crate::config::DoLakeConfig::parse(Some(&format!(
+            r#"{{"warehouseLocation":"s3://bucket/lake","tableKinds":"{kinds}"}}"#
+        )))
+        .unwrap();
+        let batch = |w: &World, from: u64, n: u64, key: &dyn Fn(u64) -> String, op: &str| {
+            let events = (from..from + n)
+                .map(|s| {
+                    let k = key(s);
+                    let mut e = json!({"sequence": s, "timestamp": 1_700_000_000_000_i64 + s as i64,
+                        "operation": op, "table": "users", "rowId": k, "before": {"id": k}});
+                    e["after"] = json!({"id": k, "n": s, "name": format!("name-{}", s % 977), "score": (s % 1000) as f64 / 8.0, "active": s % 2 == 0});
+                    serde_json::from_value::<CdcEvent>(e).unwrap()
+                })
+                .collect();
+            w.buffer.push("bench", from, events);
+        };
+        if updates {
+            for b in 0..20 {
+                batch(&w, b * 500, 500, &|s| format!("u{s}"), "INSERT");
+            }
+            assert!(w.flush_with(64 << 20, 600_000).error.is_none());
+        }
+        for b in 0..100 {
+            let from = 100_000 + b * 500;
+            if updates {
+                batch(
+                    &w,
+                    from,
+                    500,
+                    &|s| format!("u{}", (s * 7919) % 10_000),
+                    "UPDATE",
+                );
+            } else {
+                batch(&w, from, 500, &|s| format!("i{s}"), "INSERT");
+            }
+        }
+        let t = std::time::Instant::now();
+        let o = w.flush_with(64 << 20, 600_000);
+        assert!(o.error.is_none(), "{:?}", o.error);
+        t.elapsed().as_secs_f64() * 1000.0
+    };
+    for updates in [false, true] {
+        let c = run("changelog", updates);
+        let b = run("both", updates);
+        println!(
+            "{}: changelog {c:.0} ms, both {b:.0} ms, ratio {:.2}",
+            if updates {
+                "update-heavy"
+            } else {
+                "insert-heavy"
+            },
+            b / c
+        );
+    }
+}

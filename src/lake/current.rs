@@ -113,7 +113,8 @@ pub struct IndexChange {
     /// Keys and where their row now lies; `None` removes the key.
     pub rows: Vec<(String, Option<RowLoc>)>,
     /// Data files whose deleted positions changed, with every deleted
-    /// position (the whole bitmap), and new data files (empty bitmaps).
+    /// position (the whole bitmap), and new data files (empty bitmaps);
+    /// every file a row of `rows` lies in is here.
     pub files: BTreeMap<String, RoaringBitmap>,
     /// Data files that left the table (compaction).
     pub dropped_files: Vec<String>,
