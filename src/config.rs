@@ -699,6 +699,29 @@ mod tests {
     }
 
     #[test]
+    fn table_kinds_and_the_current_state_namespace() {
+        let c = DoLakeConfig::parse(None).unwrap();
+        assert_eq!(c.table_kinds, TableKinds::Both);
+        assert_eq!(c.current_state_namespace, "default_current");
+        let c = DoLakeConfig::parse(Some(r#"{"namespace":"cdc","tableKinds":"current-state"}"#))
+            .unwrap();
+        assert_eq!(c.current_state_namespace, "cdc_current");
+        assert!(!c.table_kinds.changelog() && c.table_kinds.current_state());
+        let c = DoLakeConfig::parse(Some(
+            r#"{"tableKinds":"changelog","currentStateNamespace":"now"}"#,
+        ))
+        .unwrap();
+        assert_eq!(c.current_state_namespace, "now");
+        assert!(c.table_kinds.changelog() && !c.table_kinds.current_state());
+        let m = err(r#"{"tableKinds":"upsert"}"#);
+        assert!(m.contains("tableKinds"), "{m}");
+        let m = err(r#"{"namespace":"a","currentStateNamespace":"a"}"#);
+        assert!(m.contains("currentStateNamespace"), "{m}");
+        let m = err(r#"{"currentStateNamespace":"a.b"}"#);
+        assert!(m.contains("currentStateNamespace"), "{m}");
+    }
+
+    #[test]
     fn impossible_values_are_refused_by_name() {
         for key in [
             "flushThresholdEvents",
