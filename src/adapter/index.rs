@@ -216,15 +216,15 @@ impl RowIndex for Store {
                 ],
             ));
         }
-        for path in &change.dropped_files {
-            let idx = file_idx.len() + 1_000_000;
+        // Dropped files come after; no staged row names them.
+        for (i, path) in change.dropped_files.iter().enumerate() {
+            let idx = change.files.len() + i;
             statements.push((
                 "INSERT INTO cs_stage_files (tbl, idx, path, deleted, dropped)
                  VALUES (?, ?, ?, NULL, 1)"
                     .into(),
                 vec![table.into(), (idx as i64).into(), path.as_str().into()],
             ));
-            file_idx.insert(path.as_str(), idx);
         }
         let mut rows = Vec::with_capacity(change.rows.len());
         for (key, loc) in &change.rows {

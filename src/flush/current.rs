@@ -132,7 +132,7 @@ fn read_error(what: &str, e: impl std::fmt::Display) -> Error {
 
 /// The deleted positions of every data file, read from the live delete
 /// files of `state`.
-pub(crate) async fn read_deleted<O: ObjectStore>(
+async fn read_deleted<O: ObjectStore>(
     objects: &O,
     paths: &TablePaths,
     state: &TableState,

@@ -136,11 +136,7 @@ fn check_index(w: &World, model: &Model, what: &str) {
             "{what}: the row index of {table}"
         );
         if !rows.is_empty() {
-            let paths = TablePaths::new(CURRENT_NS, table).unwrap();
-            let hint = w.store.object(&paths.version_hint_key()).unwrap();
-            let v = crate::lake::parse_version_hint(&hint).unwrap();
-            let m =
-                TableMetadata::from_json(&w.store.object(&paths.metadata_key(v)).unwrap()).unwrap();
+            let m = metadata(w, CURRENT_NS, table);
             let positions = m.current_snapshot().unwrap().summary[SUMMARY_POSITIONS]
                 .parse::<i64>()
                 .unwrap();
@@ -148,17 +144,21 @@ fn check_index(w: &World, model: &Model, what: &str) {
             assert_eq!(m.properties["dolake.table-kind"], "current-state");
             assert_eq!(&m.properties["dolake.cdc-table"], table);
             // Committed with the change log's source watermarks.
-            let changelog = TablePaths::new("default", table).unwrap();
-            let hint = w.store.object(&changelog.version_hint_key()).unwrap();
-            let v = crate::lake::parse_version_hint(&hint).unwrap();
-            let c = TableMetadata::from_json(&w.store.object(&changelog.metadata_key(v)).unwrap())
-                .unwrap();
+            let c = metadata(w, "default", table);
             assert_eq!(
                 m.properties["dolake.watermarks"], c.properties["dolake.watermarks"],
                 "{what}: {table}"
             );
         }
     }
+}
+
+/// The current metadata of `namespace.table` (through its version hint).
+fn metadata(w: &World, namespace: &str, table: &str) -> TableMetadata {
+    let paths = TablePaths::new(namespace, table).unwrap();
+    let hint = w.store.object(&paths.version_hint_key()).unwrap();
+    let v = crate::lake::parse_version_hint(&hint).unwrap();
+    TableMetadata::from_json(&w.store.object(&paths.metadata_key(v)).unwrap()).unwrap()
 }
 
 /// Flushes until the buffer is empty.
@@ -186,10 +186,7 @@ fn current_state_tables_equal_the_model_after_every_flush() {
     }
     // Every data file that lost rows has exactly one live delete file.
     for table in ["users", "orders"] {
-        let paths = TablePaths::new(CURRENT_NS, table).unwrap();
-        let hint = w.store.object(&paths.version_hint_key()).unwrap();
-        let v = crate::lake::parse_version_hint(&hint).unwrap();
-        let m = TableMetadata::from_json(&w.store.object(&paths.metadata_key(v)).unwrap()).unwrap();
+        let m = metadata(&w, CURRENT_NS, table);
         let summary = &m.current_snapshot().unwrap().summary;
         let deletes: u64 = summary["total-delete-files"].parse().unwrap();
         let files_with_deletes = w
@@ -277,11 +274,10 @@ fn maintain_current(w: &World) -> super::maintenance::Report {
 
 /// Live delete files of a current-state table (summary).
 fn delete_files(w: &World, table: &str) -> u64 {
-    let paths = TablePaths::new(CURRENT_NS, table).unwrap();
-    let hint = w.store.object(&paths.version_hint_key()).unwrap();
-    let v = crate::lake::parse_version_hint(&hint).unwrap();
-    let m = TableMetadata::from_json(&w.store.object(&paths.metadata_key(v)).unwrap()).unwrap();
-    m.current_snapshot().unwrap().summary["total-delete-files"]
+    metadata(w, CURRENT_NS, table)
+        .current_snapshot()
+        .unwrap()
+        .summary["total-delete-files"]
         .parse()
         .unwrap()
 }

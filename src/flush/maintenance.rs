@@ -31,7 +31,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::current::read_deleted;
 use super::TableRef;
 use crate::error::{Error, ErrorKind, Result};
 use crate::lake::changelog::ROW_ID;
@@ -447,8 +446,11 @@ async fn compact_one<O: ObjectStore, I: RowIndex, E: Env>(
     // A current-state table's files are rewritten with their deletes
     // applied; the row index follows the rows kept.
     let current = t.name.kind == TableKind::CurrentState;
+    // Their deleted positions from the row index, which `maintain` synced
+    // with the table.
     let deleted = if current {
-        read_deleted(objects, &t.paths, &t.state).await?
+        let inputs: Vec<&str> = bin.iter().map(|&i| files[i].1.file_path.as_str()).collect();
+        index.deleted(&t.name.name, &inputs)?
     } else {
         BTreeMap::new()
     };

@@ -222,15 +222,15 @@ async fn step<B: Buffer, O: ObjectStore, I: RowIndex, E: Env>(
         refs.push(TableRef::current);
     }
     let mut tables: BTreeMap<TableRef, Loaded> = BTreeMap::new();
+    let mut names: std::collections::BTreeSet<&str> = std::collections::BTreeSet::new();
     for batch in &batches {
-        for event in &batch.events {
-            for make in &refs {
-                let r = make(&event.table);
-                if let std::collections::btree_map::Entry::Vacant(slot) = tables.entry(r) {
-                    let loaded = load_ref(objects, settings, slot.key(), out).await?;
-                    slot.insert(loaded);
-                }
-            }
+        names.extend(batch.events.iter().map(|e| e.table.as_str()));
+    }
+    for name in names {
+        for make in &refs {
+            let r = make(name);
+            let loaded = load_ref(objects, settings, &r, out).await?;
+            tables.insert(r, loaded);
         }
     }
     // Each row index agrees with its table before anything is planned, even

@@ -293,6 +293,29 @@ pub struct DataFile {
     pub upper_bounds: BTreeMap<i32, Vec<u8>>,
 }
 
+impl DataFile {
+    /// Records the statistics of a file written with `schema` (`stats`, one
+    /// per field; a field without values was not written).
+    pub(crate) fn set_stats(&mut self, schema: &Schema, stats: &[super::stats::ColumnStats]) {
+        for (field, st) in schema.fields.iter().zip(stats) {
+            if st.values == 0 {
+                continue;
+            }
+            self.value_counts.insert(field.id, st.values as i64);
+            self.null_value_counts.insert(field.id, st.nulls as i64);
+            if field.field_type == super::metadata::FieldType::Double {
+                self.nan_value_counts.insert(field.id, st.nans as i64);
+            }
+            if let Some(b) = st.lower_bound() {
+                self.lower_bounds.insert(field.id, b);
+            }
+            if let Some(b) = st.upper_bound() {
+                self.upper_bounds.insert(field.id, b);
+            }
+        }
+    }
+}
+
 fn some(v: Avro) -> Avro {
     Avro::Union(1, Box::new(v))
 }

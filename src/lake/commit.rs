@@ -10,10 +10,10 @@ use super::avro::{
 };
 use super::changelog::{evolve_within, ChangeEvent, RowLayout, TS};
 use super::limits::schema_room;
-use super::manifest::{EntryStatus, ManifestEntry};
+use super::manifest::ManifestEntry;
 use super::metadata::{
-    FieldType, MetadataLogEntry, Operation, PartitionField, PartitionSpec, Schema, Snapshot,
-    SnapshotLogEntry, SnapshotRef, SortOrder, TableMetadata, Transform,
+    MetadataLogEntry, Operation, PartitionField, PartitionSpec, Schema, Snapshot, SnapshotLogEntry,
+    SnapshotRef, SortOrder, TableMetadata, Transform,
 };
 use super::parquet::{write_data_files, EncodedFile, ParquetSettings};
 use super::stats::{day_string, hour_string};
@@ -363,7 +363,6 @@ pub fn plan_commit_with_marks(
         table_properties: kind.properties(&options.table),
         deletes: None,
         summary: BTreeMap::new(),
-        counted: events.len(),
     };
     plan_rows(events, current, options, ids, marks, extra)
 }
@@ -414,8 +413,6 @@ pub(crate) struct Extra<'e> {
     pub deletes: Option<DeleteChanges>,
     /// Summary keys besides the standard ones.
     pub summary: BTreeMap<String, String>,
-    /// The changes the commit applies (at least one; rows may be fewer).
-    pub counted: usize,
 }
 
 /// Plans a commit that writes the rows of `events` (their row images), and
@@ -428,7 +425,10 @@ pub(crate) fn plan_rows(
     marks: &BTreeMap<String, String>,
     extra: Extra<'_>,
 ) -> Result<Commit> {
-    let start = Start::new(extra.counted, current, options, ids, marks)?;
+    // A commit applies at least one change (a current-state commit may
+    // write no row: its changes can be all DELETEs).
+    let applied = extra.applied.unwrap_or(events).len();
+    let start = Start::new(applied, current, options, ids, marks)?;
     let base = start.base();
 
     // Schema.
@@ -642,22 +642,7 @@ impl DataFiles {
             lower_bounds: BTreeMap::new(),
             upper_bounds: BTreeMap::new(),
         };
-        for (field, st) in schema.fields.iter().zip(&file.stats) {
-            if st.values == 0 {
-                continue; // not written (unsupported type)
-            }
-            df.value_counts.insert(field.id, st.values as i64);
-            df.null_value_counts.insert(field.id, st.nulls as i64);
-            if field.field_type == FieldType::Double {
-                df.nan_value_counts.insert(field.id, st.nans as i64);
-            }
-            if let Some(b) = st.lower_bound() {
-                df.lower_bounds.insert(field.id, b);
-            }
-            if let Some(b) = st.upper_bound() {
-                df.upper_bounds.insert(field.id, b);
-            }
-        }
+        df.set_stats(schema, &file.stats);
         self.bytes += file.bytes.len() as u64;
         self.puts.push(PutObject {
             key: start.key_of(&file_path)?,
@@ -1014,51 +999,21 @@ fn delete_manifest(
     if entries.is_empty() {
         return Ok((None, stats));
     }
-    let count = |s: EntryStatus| entries.iter().filter(|e| e.status == s).count();
-    let rows = |s: EntryStatus| -> i64 {
-        entries
-            .iter()
-            .filter(|e| e.status == s)
-            .map(|e| e.file.record_count)
-            .sum()
-    };
-    stats.added_files = count(EntryStatus::Added) as u64;
-    stats.removed_files = count(EntryStatus::Deleted) as u64;
-    stats.added_positions = rows(EntryStatus::Added) as u64;
-    stats.removed_positions = rows(EntryStatus::Deleted) as u64;
-    stats.removed_bytes = entries
-        .iter()
-        .filter(|e| e.status == EntryStatus::Deleted)
-        .map(|e| e.file.file_size_in_bytes as u64)
-        .sum();
-    let as_i32 = |n: usize| i32::try_from(n).map_err(|_| Error::internal("too many delete files"));
     let path = format!("{}/metadata/{}-d0.avro", start.location, ids.commit_uuid);
     let bytes = write_manifest_entries(schema, spec, &entries, *ids.commit_uuid.as_bytes())?;
-    let manifest = ManifestFile {
-        manifest_path: path.clone(),
-        manifest_length: bytes.len() as i64,
-        partition_spec_id: spec.spec_id,
-        content: 1,
+    let manifest = super::rewrite::listed_manifest(
+        path.clone(),
+        bytes.len(),
+        spec,
         sequence_number,
-        min_sequence_number: entries
-            .iter()
-            .filter(|e| e.status.is_live())
-            .map(|e| e.sequence_number.unwrap_or(sequence_number))
-            .min()
-            .unwrap_or(sequence_number),
-        added_snapshot_id: ids.snapshot_id,
-        added_files_count: as_i32(count(EntryStatus::Added))?,
-        existing_files_count: as_i32(count(EntryStatus::Existing))?,
-        deleted_files_count: as_i32(count(EntryStatus::Deleted))?,
-        added_rows_count: rows(EntryStatus::Added),
-        existing_rows_count: rows(EntryStatus::Existing),
-        deleted_rows_count: rows(EntryStatus::Deleted),
-        partitions: Some(super::rewrite::partition_summaries(
-            spec,
-            entries.iter().map(|e| &e.file),
-        )),
-        key_metadata: None,
-    };
+        ids.snapshot_id,
+        &entries,
+    )?;
+    stats.added_files = manifest.added_files_count as u64;
+    stats.removed_files = manifest.deleted_files_count as u64;
+    stats.added_positions = manifest.added_rows_count as u64;
+    stats.removed_positions = manifest.deleted_rows_count as u64;
+    stats.removed_bytes = super::rewrite::removed_bytes(&entries);
     puts.push(PutObject {
         key: start.key_of(&path)?,
         bytes,

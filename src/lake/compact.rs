@@ -224,43 +224,25 @@ impl Rewriter {
             .ok_or_else(|| parquet_error(format!("no column `{key_column}`")))?;
         let mut keys = Vec::new();
         let mut pos: u32 = 0;
-        let mut seen = 0_i64;
         self.read_file(bytes, file, &mut |batch| {
             let n = batch.num_rows();
             let keep: BooleanArray = (0..n)
                 .map(|i| Some(!deleted.contains(pos + i as u32)))
                 .collect();
             pos += n as u32;
-            seen += n as i64;
             let kept =
                 arrow_select::filter::filter_record_batch(&batch, &keep).map_err(parquet_error)?;
             let k = kept.column(key_index).as_string::<i32>();
             keys.extend((0..k.len()).map(|i| k.value(i).to_string()));
             Ok(kept)
         })?;
-        if seen != file.record_count {
-            return Err(parquet_error(format!(
-                "{} holds {seen} rows, its manifest entry says {}",
-                file.file_path, file.record_count
-            )));
-        }
         Ok(keys)
     }
 
     /// Appends every row of one input file; `file` is its manifest entry,
     /// whose statistics are merged into the output's.
     pub fn push_file(&mut self, bytes: Vec<u8>, file: &DataFile) -> Result<()> {
-        let mut rows = 0_i64;
-        let by_id = self.read_file(bytes, file, &mut |batch| {
-            rows += batch.num_rows() as i64;
-            Ok(batch)
-        })?;
-        if rows != file.record_count {
-            return Err(parquet_error(format!(
-                "{} holds {rows} rows, its manifest entry says {}",
-                file.file_path, file.record_count
-            )));
-        }
+        let by_id = self.read_file(bytes, file, &mut Ok)?;
         if self.exact.is_none() {
             self.merge_stats(file, &by_id);
         }
@@ -268,8 +250,9 @@ impl Rewriter {
     }
 
     /// Reads `bytes` (the input `file`) as the table's schema, batch by
-    /// batch, and writes what `each` makes of every batch. Returns which
-    /// input column holds each field id.
+    /// batch, and writes what `each` makes of every batch; the input must
+    /// hold the rows its entry says. Returns which input column holds each
+    /// field id.
     fn read_file(
         &mut self,
         bytes: Vec<u8>,
@@ -317,8 +300,10 @@ impl Rewriter {
             }
         }
         let reader = builder.build().map_err(parquet_error)?;
+        let mut read = 0_i64;
         for batch in reader {
             let batch = batch.map_err(parquet_error)?;
+            read += batch.num_rows() as i64;
             let columns: Vec<ArrayRef> = sources
                 .iter()
                 .zip(self.arrow.fields())
@@ -337,7 +322,12 @@ impl Rewriter {
             self.writer.write(&out).map_err(parquet_error)?;
             self.rows += out.num_rows() as i64;
         }
-        let _ = file;
+        if read != file.record_count {
+            return Err(parquet_error(format!(
+                "{} holds {read} rows, its manifest entry says {}",
+                file.file_path, file.record_count
+            )));
+        }
         Ok(by_id)
     }
 
@@ -456,19 +446,7 @@ impl Rewriter {
             upper_bounds: BTreeMap::new(),
         };
         if let Some(exact) = exact {
-            for (field, st) in schema.fields.iter().zip(&exact) {
-                file.value_counts.insert(field.id, st.values as i64);
-                file.null_value_counts.insert(field.id, st.nulls as i64);
-                if field.field_type == FieldType::Double {
-                    file.nan_value_counts.insert(field.id, st.nans as i64);
-                }
-                if let Some(b) = st.lower_bound() {
-                    file.lower_bounds.insert(field.id, b);
-                }
-                if let Some(b) = st.upper_bound() {
-                    file.upper_bounds.insert(field.id, b);
-                }
-            }
+            file.set_stats(&schema, &exact);
             return Ok((last, file));
         }
         for (id, m) in stats {

@@ -170,7 +170,7 @@ pub struct Lookups<'a> {
 
 /// The options of a current-state table made from `options` (those of the
 /// CDC table's changelog, with the current-state namespace).
-pub fn current_options(options: &WriteOptions) -> WriteOptions {
+pub(crate) fn current_options(options: &WriteOptions) -> WriteOptions {
     WriteOptions {
         partition_by: PartitionBy::None,
         ..options.clone()
@@ -283,7 +283,6 @@ pub fn plan_current_commit(
         table_properties: TableKind::CurrentState.properties(cdc_table),
         deletes,
         summary,
-        counted: events.len(),
     };
     let commit = plan_rows(&images, current, &options, ids, marks, extra)?;
 
@@ -332,7 +331,7 @@ fn parquet_error(e: impl std::fmt::Display) -> Error {
 }
 
 /// The Arrow schema of position delete files (spec field ids).
-pub fn position_delete_schema() -> Arc<ArrowSchema> {
+fn position_delete_schema() -> Arc<ArrowSchema> {
     let field = |name: &str, t: DataType, id: i32| {
         ArrowField::new(name, t, false).with_metadata(HashMap::from([(
             PARQUET_FIELD_ID_META_KEY.to_string(),
@@ -347,7 +346,7 @@ pub fn position_delete_schema() -> Arc<ArrowSchema> {
 
 /// Encodes the position delete file at `path` of the positions `deleted` of
 /// data file `data_file`: its bytes and its manifest entry's file.
-pub fn write_position_deletes(
+pub(crate) fn write_position_deletes(
     path: &str,
     data_file: &str,
     deleted: &RoaringBitmap,

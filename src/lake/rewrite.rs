@@ -91,6 +91,61 @@ pub(crate) fn partition_summaries<'a>(
         .collect()
 }
 
+/// The manifest list entry of the manifest at `path` (`length` bytes) that
+/// snapshot `snapshot_id`, sequence number `sequence_number`, wrote with
+/// `spec` and `entries` (any status; all data or all delete files).
+pub(crate) fn listed_manifest(
+    path: String,
+    length: usize,
+    spec: &PartitionSpec,
+    sequence_number: i64,
+    snapshot_id: i64,
+    entries: &[ManifestEntry],
+) -> Result<ManifestFile> {
+    let count = |s: EntryStatus| {
+        i32::try_from(entries.iter().filter(|e| e.status == s).count())
+            .map_err(|_| Error::internal("too many files in one manifest"))
+    };
+    let rows = |s: EntryStatus| -> i64 {
+        entries
+            .iter()
+            .filter(|e| e.status == s)
+            .map(|e| e.file.record_count)
+            .sum()
+    };
+    Ok(ManifestFile {
+        manifest_path: path,
+        manifest_length: length as i64,
+        partition_spec_id: spec.spec_id,
+        content: entries.first().map_or(0, |e| e.file.content),
+        sequence_number,
+        min_sequence_number: entries
+            .iter()
+            .filter(|e| e.status.is_live())
+            .map(|e| e.sequence_number.unwrap_or(sequence_number))
+            .min()
+            .unwrap_or(sequence_number),
+        added_snapshot_id: snapshot_id,
+        added_files_count: count(EntryStatus::Added)?,
+        existing_files_count: count(EntryStatus::Existing)?,
+        deleted_files_count: count(EntryStatus::Deleted)?,
+        added_rows_count: rows(EntryStatus::Added),
+        existing_rows_count: rows(EntryStatus::Existing),
+        deleted_rows_count: rows(EntryStatus::Deleted),
+        partitions: Some(partition_summaries(spec, entries.iter().map(|e| &e.file))),
+        key_metadata: None,
+    })
+}
+
+/// Bytes of the files `entries` remove (DELETED).
+pub(crate) fn removed_bytes(entries: &[ManifestEntry]) -> u64 {
+    entries
+        .iter()
+        .filter(|e| e.status == EntryStatus::Deleted)
+        .map(|e| e.file.file_size_in_bytes as u64)
+        .sum()
+}
+
 fn lake_error(msg: impl Into<String>) -> Error {
     Error::new(ErrorKind::Lake, msg.into())
 }
@@ -181,59 +236,28 @@ pub fn plan_replace(
             })?;
         let path = format!("{location}/metadata/{}-m{i}.avro", ids.commit_uuid);
         let bytes = write_manifest_entries(schema, spec, &m.entries, sync)?;
-        let count = |s: EntryStatus| m.entries.iter().filter(|e| e.status == s).count();
-        let rows = |s: EntryStatus| -> i64 {
-            m.entries
-                .iter()
-                .filter(|e| e.status == s)
-                .map(|e| e.file.record_count)
-                .sum()
-        };
-        let as_i32 = |n: usize| {
-            i32::try_from(n).map_err(|_| Error::internal("too many files in one manifest"))
-        };
+        let listed = listed_manifest(
+            path.clone(),
+            bytes.len(),
+            spec,
+            sequence_number,
+            ids.snapshot_id,
+            &m.entries,
+        )?;
         if content != 0 {
-            if count(EntryStatus::Added) > 0 {
+            if listed.added_files_count > 0 {
                 return Err(Error::internal("a replace must not add delete files"));
             }
-            removed_delete_files += count(EntryStatus::Deleted) as u64;
-            removed_positions += rows(EntryStatus::Deleted);
+            removed_delete_files += listed.deleted_files_count as u64;
+            removed_positions += listed.deleted_rows_count;
         } else {
-            added_files += count(EntryStatus::Added) as u64;
-            deleted_files += count(EntryStatus::Deleted) as u64;
-            added_rows += rows(EntryStatus::Added);
-            deleted_rows += rows(EntryStatus::Deleted);
+            added_files += listed.added_files_count as u64;
+            deleted_files += listed.deleted_files_count as u64;
+            added_rows += listed.added_rows_count;
+            deleted_rows += listed.deleted_rows_count;
         }
-        removed_bytes += m
-            .entries
-            .iter()
-            .filter(|e| e.status == EntryStatus::Deleted)
-            .map(|e| e.file.file_size_in_bytes as u64)
-            .sum::<u64>();
-        let min_sequence_number = m
-            .entries
-            .iter()
-            .filter(|e| e.status.is_live())
-            .map(|e| e.sequence_number.unwrap_or(sequence_number))
-            .min()
-            .unwrap_or(sequence_number);
-        written.push(ManifestFile {
-            manifest_path: path.clone(),
-            manifest_length: bytes.len() as i64,
-            partition_spec_id: m.spec_id,
-            content,
-            sequence_number,
-            min_sequence_number,
-            added_snapshot_id: ids.snapshot_id,
-            added_files_count: as_i32(count(EntryStatus::Added))?,
-            existing_files_count: as_i32(count(EntryStatus::Existing))?,
-            deleted_files_count: as_i32(count(EntryStatus::Deleted))?,
-            added_rows_count: rows(EntryStatus::Added),
-            existing_rows_count: rows(EntryStatus::Existing),
-            deleted_rows_count: rows(EntryStatus::Deleted),
-            partitions: Some(partition_summaries(spec, m.entries.iter().map(|e| &e.file))),
-            key_metadata: None,
-        });
+        removed_bytes += self::removed_bytes(&m.entries);
+        written.push(listed);
         puts.push(PutObject {
             key: key_of(&path)?,
             bytes,
