@@ -20,6 +20,7 @@
 //! reason or an HTTP status at the edge.
 
 pub mod admission;
+pub mod catalog;
 pub mod config;
 pub mod error;
 pub mod flush;

@@ -234,6 +234,9 @@ impl DoLake {
         *self.last_result.borrow_mut() = Some(result.clone());
         self.flushes_done.set(self.flushes_done.get() + 1);
         self.flush_running.set(false);
+        // New tables become visible in the REST catalog (before a flush
+        // request is answered, so a reader told "flushed" finds them).
+        self.register_tables().await;
         // A flush cut by its time budget goes on from the alarm at once.
         self.rearm().await;
         result

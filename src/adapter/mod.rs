@@ -3,6 +3,7 @@
 //! Object, which performs what the core decides: WebSockets, SQLite storage,
 //! logs.
 
+mod catalog;
 mod flusher;
 mod index;
 mod object;
@@ -84,6 +85,17 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
                     "warn",
                     "unauthorized",
                     serde_json::json!({"path": path, "scope": "worker"}),
+                );
+            }
+            if crate::catalog::is_catalog_path(&path) {
+                // The REST catalog's error shape, for engines' clients.
+                return json_response(
+                    &serde_json::json!({"error": {
+                        "message": "missing or wrong `Authorization: Bearer <token>`",
+                        "type": "NotAuthorizedException",
+                        "code": 401,
+                    }}),
+                    401,
                 );
             }
             unauthorized_response()

@@ -76,7 +76,9 @@ pub struct DoLake {
     /// `DOLAKE_TEST_HOOKS=1`: failure injection at `POST /lakehouse/_test/faults`.
     test_hooks: bool,
     /// The shared secret (`DOLAKE_AUTH_TOKEN`), when set.
-    auth_token: Option<String>,
+    pub(super) auth_token: Option<String>,
+    /// The bindings (the catalog's storage settings, other instances).
+    pub(super) env: Env,
     /// New-connection token bucket (persisted in `meta`).
     conn_bucket: RefCell<Option<TokenBucket>>,
     /// Message gates of HTTP ingest, per client IP (memory only).
@@ -251,6 +253,7 @@ impl DurableObject for DoLake {
                 .var("DOLAKE_TEST_HOOKS")
                 .is_ok_and(|v| v.to_string() == "1"),
             auth_token,
+            env,
             conn_bucket: RefCell::new(conn_bucket),
             refusals: RefCell::new(refusals),
             http_gates: RefCell::new(std::collections::HashMap::new()),
@@ -310,7 +313,11 @@ impl DurableObject for DoLake {
                 return super::unauthorized_response();
             }
         }
+        if crate::catalog::is_catalog_path(&path) {
+            return self.catalog_http(&req).await;
+        }
         match (route, req.method()) {
+            (crate::catalog::REGISTER_PATH, Method::Post) => self.catalog_register(req).await,
             ("/ws", _) if upgrade => self.accept(&req),
             ("/ws", _) => error_response(&Error::invalid(
                 "/ws expects a WebSocket upgrade (header `Upgrade: websocket`)",

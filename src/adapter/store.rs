@@ -100,7 +100,11 @@ impl Store {
     /// Opens the storage, creating the tables on first use.
     pub fn open(storage: Storage) -> Result<Self> {
         let sql = storage.sql();
-        for statement in SCHEMA.iter().chain(super::index::SCHEMA) {
+        for statement in SCHEMA
+            .iter()
+            .chain(super::index::SCHEMA)
+            .chain(super::catalog::SCHEMA)
+        {
             sql.exec(statement, None)
                 .map_err(|e| storage_error("creating tables", e))?;
         }

@@ -247,6 +247,16 @@ pub enum FrontDoor {
 /// The path of the health check that needs no token.
 pub const HEALTH_PATH: &str = "/lakehouse/health";
 
+/// The instance that keeps the table registry and answers the Iceberg REST
+/// catalog (`/v1/*`, see `crate::catalog`). No `lakehouse-{table}` name can
+/// equal it.
+pub const CATALOG_INSTANCE: &str = "catalog";
+
+/// Whether `path` is the Iceberg REST catalog's (`/v1` and below).
+pub fn is_catalog_path(path: &str) -> bool {
+    path == "/v1" || path.starts_with("/v1/")
+}
+
 /// Decides on a request at the Worker.
 ///
 /// - `path`: the URL path; `is_get`: whether the method is GET;
@@ -261,7 +271,8 @@ pub const HEALTH_PATH: &str = "/lakehouse/health";
 /// without a valid token is 401, except `GET /lakehouse/health`, answered by
 /// the Worker. Only then is an instance named: `lakehouse-{table}` for a
 /// non-empty `table`, else `default` (the guide's "Multiple DoLake
-/// Instances").
+/// Instances"). Catalog paths (`/v1/*`) go to [`CATALOG_INSTANCE`] under
+/// the same authentication, whatever `table` says.
 pub fn front_door(
     path: &str,
     is_get: bool,
@@ -269,11 +280,12 @@ pub fn front_door(
     authorization: Option<&str>,
     secret: Option<&str>,
 ) -> FrontDoor {
+    let catalog = is_catalog_path(path);
     let routed = path == "/ws" || path.starts_with("/ws/") || path.starts_with("/lakehouse");
-    if !routed {
+    if !routed && !catalog {
         return FrontDoor::NotFound;
     }
-    let table = table.filter(|t| !t.is_empty());
+    let table = table.filter(|t| !t.is_empty() && !catalog);
     if let Some(table) = table {
         if let Err(e) = crate::lake::validate_name("table", table) {
             return FrontDoor::BadTable(e);
@@ -289,6 +301,7 @@ pub fn front_door(
         }
     }
     FrontDoor::Instance(match table {
+        _ if catalog => CATALOG_INSTANCE.to_string(),
         Some(table) => format!("lakehouse-{table}"),
         None => "default".to_string(),
     })

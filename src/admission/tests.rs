@@ -212,4 +212,28 @@ fn with_a_token_only_health_passes_without_it_and_the_worker_answers_it() {
         front_door("/lakehouse/status", true, None, None, Some("")),
         FrontDoor::Instance("default".into())
     );
+    // The REST catalog: one instance, whatever `table` says, same token.
+    assert_eq!(
+        front_door(
+            "/v1/config",
+            true,
+            Some("a/b"),
+            Some("Bearer s3cret"),
+            secret
+        ),
+        FrontDoor::Instance(CATALOG_INSTANCE.into())
+    );
+    assert_eq!(
+        front_door("/v1/namespaces", true, None, None, secret),
+        FrontDoor::Unauthorized
+    );
+    assert_eq!(
+        front_door("/v10", true, None, None, None),
+        FrontDoor::NotFound
+    );
+    assert_ne!(
+        front_door("/ws", true, Some(CATALOG_INSTANCE), None, None),
+        FrontDoor::Instance(CATALOG_INSTANCE.into()),
+        "no table routes to the catalog instance"
+    );
 }

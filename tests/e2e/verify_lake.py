@@ -504,6 +504,12 @@ def duckdb_connection():
             con.execute(f"LOAD '{_sql_str(ext(duckdb_extension_avro, 'avro'))}'")
         except ImportError:
             pass
+        try:  # the HTTP client of ATTACH ... (TYPE iceberg, ENDPOINT ...)
+            import duckdb_extension_httpfs
+
+            con.execute(f"LOAD '{_sql_str(ext(duckdb_extension_httpfs, 'httpfs'))}'")
+        except ImportError:
+            pass
         con.execute(f"LOAD '{_sql_str(ext(duckdb_extension_iceberg, 'iceberg'))}'")
         con.execute("SET TimeZone = 'UTC'")
         _duck = con
