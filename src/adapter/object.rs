@@ -455,6 +455,7 @@ impl DurableObject for DoLake {
             (Some(ServerMessage::Nack(nack)), _, _) => self.count_refusal(&nack.reason),
             _ => {}
         }
+        let full = matches!(&reply, Some(ServerMessage::Nack(n)) if self.note_buffer_full(n));
         if let Some(reply) = reply {
             match &reply {
                 ServerMessage::Ack(_) => conn.acks += 1,
@@ -480,7 +481,7 @@ impl DurableObject for DoLake {
         } else if close {
             ws.close(Some(1000), Some("disconnect"))?;
         }
-        if stored {
+        if stored || full {
             self.ensure_alarm().await;
         }
         Ok(())
@@ -821,6 +822,28 @@ impl DoLake {
     /// write storage, so that count lives in memory only (refusals by this
     /// instance since it was constructed; never written, not even along with
     /// another reason's count).
+    /// A `buffer_full` refusal makes a flush due now (see
+    /// `FlushHistory::buffer_full`); true when `nack` is one.
+    fn note_buffer_full(&self, nack: &crate::protocol::NackMessage) -> bool {
+        if nack.kind != Some(ErrorKind::BufferFull) {
+            return false;
+        }
+        let mut history = self.history.borrow_mut();
+        if !history.buffer_full {
+            history.buffer_full = true;
+            if let Some(store) = &self.store {
+                if let Err(e) = store.save_history(&history) {
+                    log(
+                        "warn",
+                        "history_save_failed",
+                        serde_json::json!({"error": e.message()}),
+                    );
+                }
+            }
+        }
+        true
+    }
+
     fn count_refusal(&self, reason: &str) {
         let mut refusals = self.refusals.borrow_mut();
         *refusals.entry(reason.to_string()).or_default() += 1;
@@ -983,7 +1006,8 @@ impl DoLake {
             ServerMessage::Nack(nack) => self.count_refusal(&nack.reason),
             _ => {}
         }
-        if stored {
+        let full = matches!(&reply, ServerMessage::Nack(n) if self.note_buffer_full(n));
+        if stored || full {
             self.ensure_alarm().await;
         }
         message_response(&reply)

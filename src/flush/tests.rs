@@ -46,6 +46,31 @@ fn each_threshold_triggers_on_its_own() {
 }
 
 #[test]
+fn a_buffer_full_refusal_makes_a_flush_due_below_the_byte_threshold() {
+    // 36 kB buffered, threshold and capacity 40 kB, a 5 kB batch refused:
+    // no threshold will ever be reached, so the refusal itself is the trigger.
+    let c = config(r#"{"flushThresholdBytes":40000,"maxBufferSize":40000,"enableFallback":false}"#);
+    let s = FlushSchedule::new(&c);
+    let t = totals(7, 175, 36_000, 0);
+    let mut h = FlushHistory::default();
+    assert_eq!(s.due(10, &t, &h), None);
+    h.buffer_full = true;
+    assert_eq!(s.due(10, &t, &h), Some(FlushTrigger::Bytes));
+    assert_eq!(s.next_alarm(10, &t, &h), Some(10));
+    // A successful flush clears it; a failed one keeps it (and backs off).
+    let failed = procedure::Outcome {
+        error: Some(crate::Error::internal("R2 down")),
+        ..procedure::Outcome::default()
+    };
+    h.record(10, 20, &failed);
+    assert!(h.buffer_full);
+    assert_eq!(s.due(21, &t, &h), None, "backing off");
+    h.record(1_100, 1_200, &procedure::Outcome::default());
+    assert!(!h.buffer_full);
+    assert_eq!(s.due(1_300, &t, &h), None);
+}
+
+#[test]
 fn the_interval_fires_before_the_age_threshold_when_shorter() {
     let c = config(r#"{"flushThresholdMs":60000,"flushIntervalMs":30000}"#);
     let s = FlushSchedule::new(&c);

@@ -37,8 +37,8 @@ export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
  * Starts DoLake on loopback. Returns { url, wsUrl, logs, stop(), kill() }.
  * `config` becomes the DOLAKE_CONFIG var (a string or an object).
  */
-export async function startDoLake({ stateDir, config, port, hooks = false, authToken, logLevel } = {}) {
-  const env = { ...process.env, STATE_DIR: stateDir };
+export async function startDoLake({ stateDir, config, port, hooks = false, authToken, logLevel, extraEnv = {} } = {}) {
+  const env = { ...process.env, ...extraEnv, STATE_DIR: stateDir };
   if (logLevel) env.DOLAKE_LOG_LEVEL = logLevel;
   if (hooks) env.DOLAKE_TEST_HOOKS = '1';
   if (authToken) env.DOLAKE_AUTH_TOKEN = authToken;

@@ -17,22 +17,42 @@ if (process.env.DOLAKE_TEST_HOOKS) bindings.DOLAKE_TEST_HOOKS = process.env.DOLA
 if (process.env.DOLAKE_AUTH_TOKEN) bindings.DOLAKE_AUTH_TOKEN = process.env.DOLAKE_AUTH_TOKEN;
 if (process.env.DOLAKE_LOG_LEVEL) bindings.DOLAKE_LOG_LEVEL = process.env.DOLAKE_LOG_LEVEL;
 
-const mf = new Miniflare({
+const dolake = {
+  name: 'dolake',
   rootPath: root,
   scriptPath: path.join(root, 'build/index.js'),
   modules: true,
   modulesRoot: root,
   modulesRules: [{ type: 'CompiledWasm', include: ['**/*.wasm'] }],
   compatibilityDate: '2026-07-21',
-  cf: false,
-  host: '127.0.0.1',
-  port: Number(process.env.PORT ?? 0),
   bindings,
   durableObjects: { DOLAKE: { className: 'DoLake', useSQLite: true } },
   r2Buckets: ['LAKEHOUSE_BUCKET'],
+};
+const shared = {
+  cf: false,
+  host: '127.0.0.1',
+  port: Number(process.env.PORT ?? 0),
   durableObjectsPersist: path.join(stateDir, 'do'),
   r2Persist: path.join(stateDir, 'r2'),
-});
+};
+// SHARD_SCRIPT: a second worker (a bundled ES module) whose Durable Object
+// class `TestShard` (binding SHARD) streams to DoLake DO to DO: its DOLAKE
+// binding is the DoLake class of the first worker, bound by script name.
+const shardScript = process.env.SHARD_SCRIPT;
+const mf = new Miniflare(shardScript ? {
+  ...shared,
+  workers: [dolake, {
+    name: 'shard',
+    modules: true,
+    scriptPath: shardScript,
+    compatibilityDate: '2026-07-21',
+    durableObjects: {
+      SHARD: { className: 'TestShard', useSQLite: true },
+      DOLAKE: { className: 'DoLake', scriptName: 'dolake', useSQLite: true },
+    },
+  }],
+} : { ...shared, ...dolake });
 const url = await mf.ready;
 
 // Test-only view of the local R2 bucket, on loopback: GET /list, GET /get?key=,
@@ -60,6 +80,11 @@ const inspector = http.createServer(async (req, res) => {
       for await (const chunk of req) chunks.push(chunk);
       await bucket.put(u.searchParams.get('key'), Buffer.concat(chunks));
       res.writeHead(200).end();
+    } else if (u.pathname.startsWith('/shard/') && shardScript) {
+      // The second worker, which has no port of its own.
+      const worker = await mf.getWorker('shard');
+      const r = await worker.fetch(`http://shard${u.pathname.slice('/shard'.length)}${u.search}`, { method: req.method });
+      res.writeHead(r.status, { 'content-type': r.headers.get('content-type') ?? 'text/plain' }).end(Buffer.from(await r.arrayBuffer()));
     } else {
       res.writeHead(404).end();
     }
