@@ -15,7 +15,7 @@ export AR_wasm32_unknown_unknown := llvm-ar
 
 DEV_PORT ?= 8787
 
-.PHONY: setup build build-test dev test test-native test-readers test-e2e deploy-check lint bench bench-current soak clean
+.PHONY: setup build build-test dev test test-native test-ts test-readers test-e2e deploy-check lint bench bench-current soak clean
 
 setup:
 	@bash scripts/setup.sh
@@ -33,10 +33,16 @@ dev: build
 	wrangler dev --ip 127.0.0.1 --port $(DEV_PORT) --persist-to .wrangler/state
 
 ## Every test suite (lint first: fmt and clippy for native and wasm32).
-test: setup lint test-native test-readers test-e2e deploy-check
+test: setup lint test-native test-ts test-readers test-e2e deploy-check
 
 test-native:
 	cargo test --lib --bins --tests
+
+## The `dolake` TypeScript package (clients/ts): its types checked against the
+## Rust protocol shapes both ways, its defaults against Rust's, and it builds.
+## (Its client runs DO to DO in tests/e2e/ts_client.test.mjs.)
+test-ts: setup
+	node clients/ts/test/check-shapes.mjs
 
 ## The lake writer's tables read back by iceberg-rust, pyiceberg and DuckDB,
 ## and the tests of the e2e lake verifier (it must catch drops, dups, changes).
