@@ -526,3 +526,76 @@ fn while_the_lake_fails_the_fallback_headroom_takes_batches() {
     let (_, bytes) = fill(&mut strict, 0);
     assert!(bytes <= 1500);
 }
+
+/// Where the CPU of one batch goes on the intake path, natively (issue 12's
+/// profile; the WASM factor is in docs/benchmarks.md):
+/// `cargo test --release --lib intake::tests::intake_cost -- --ignored --nocapture`.
+#[test]
+#[ignore = "a measurement: run with --ignored --nocapture"]
+fn intake_cost() {
+    use std::time::Instant;
+    let config = crate::config::DoLakeConfig::parse(Some(
+        r#"{"maxBufferSize":4000000000,"flushThresholdBytes":4000000000}"#,
+    ))
+    .unwrap();
+    for events_per_batch in [100usize, 1000] {
+        let batches = 200_000 / events_per_batch;
+        let texts: Vec<String> = (0..batches)
+            .map(|b| {
+                let events: Vec<serde_json::Value> = (0..events_per_batch)
+                    .map(|i| {
+                        let seq = b * events_per_batch + i;
+                        let table = ["users", "orders", "items"][seq % 3];
+                        serde_json::json!({"sequence": seq, "timestamp": 1_760_000_000_000u64 + seq as u64,
+                            "operation": "INSERT", "table": table, "rowId": format!("row-{seq}"),
+                            "after": {"id": seq, "name": format!("name-{seq}"), "email": format!("user{seq}@example.com"),
+                                      "score": seq as f64 / 7.0, "active": seq % 2 == 0, "city": "Lisbon", "note": "x".repeat(40)}})
+                    })
+                    .collect();
+                serde_json::json!({"type": "cdc_batch", "timestamp": 1_760_000_000_000u64, "correlationId": format!("c-{b}"),
+                    "sourceDoId": "src-1", "sourceShardName": "shard-1", "events": events, "sequenceNumber": b,
+                    "isRetry": false, "retryCount": 0})
+                .to_string()
+            })
+            .collect();
+        let bytes: usize = texts.iter().map(String::len).sum();
+        let mut intake = Intake::new(config.clone(), Vec::new(), BufferTotals::default());
+        let (mut decode, mut admit, mut state, mut commit) = (0.0, 0.0, 0.0, 0.0);
+        for (b, text) in texts.iter().enumerate() {
+            let t = Instant::now();
+            let Ok(crate::protocol::ClientMessage::CdcBatch(batch)) =
+                crate::protocol::decode_client_message(text)
+            else {
+                panic!("decodes")
+            };
+            let t1 = Instant::now();
+            let Admission::Store(plan) = intake.admit(b as i64, batch) else {
+                panic!("stored")
+            };
+            let t2 = Instant::now();
+            // What the store writes besides the payload: the source's state as JSON.
+            let source_json = serde_json::to_string(&plan.source).unwrap();
+            assert!(!source_json.is_empty());
+            let t3 = Instant::now();
+            let ack = intake.commit(b as i64, *plan).to_json();
+            assert!(ack.contains("\"ack\""));
+            let t4 = Instant::now();
+            decode += (t1 - t).as_secs_f64();
+            admit += (t2 - t1).as_secs_f64();
+            state += (t3 - t2).as_secs_f64();
+            commit += (t4 - t3).as_secs_f64();
+        }
+        let events = (batches * events_per_batch) as f64;
+        let per_event = |s: f64| s * 1e9 / events;
+        println!(
+            "intake_cost: {batches} batches x {events_per_batch} events ({:.0} B/event): per event decode {:.0} ns, admit (dedup, limits, payload encoding) {:.0} ns, source state JSON {:.0} ns, commit + ack {:.0} ns; total {:.0} ns/event = {:.0} events/s on one core",
+            bytes as f64 / events,
+            per_event(decode),
+            per_event(admit),
+            per_event(state),
+            per_event(commit),
+            per_event(decode + admit + state + commit),
+            events / (decode + admit + state + commit)
+        );
+    }
+}

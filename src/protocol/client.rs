@@ -278,6 +278,16 @@ const ID_FIELDS: [&str; 3] = ["sourceDoId", "sourceShardName", "correlationId"];
 
 /// Decodes one text frame. Never panics; serde_json bounds nesting depth.
 pub fn decode_client_message(text: &str) -> Result<ClientMessage, DecodeError> {
+    match decode_batch_fast(text) {
+        Some(batch) => Ok(ClientMessage::CdcBatch(batch)),
+        None => decode_general(text),
+    }
+}
+
+/// Any message, through a `Value` tree: precise errors (the field's path),
+/// and the sequence number and correlation id of an invalid batch for its
+/// nack.
+fn decode_general(text: &str) -> Result<ClientMessage, DecodeError> {
     let value: Value = serde_json::from_str(text)
         .map_err(|e| DecodeError::bare(format!("malformed JSON: {e}")))?;
     let Value::Object(ref object) = value else {
@@ -332,6 +342,34 @@ pub fn decode_client_message(text: &str) -> Result<ClientMessage, DecodeError> {
         )),
     };
     decoded.map_err(fail)
+}
+
+/// The common case in one typed pass: a valid `cdc_batch`, decoded straight
+/// from the text (no `Value` tree converted again). Anything else, including
+/// every invalid batch, returns `None` and takes the general path, which
+/// gives the precise error; whatever this accepts, that path accepts the same
+/// way (same types, same deserializers; a duplicate key fails here).
+fn decode_batch_fast(text: &str) -> Option<CdcBatchMessage> {
+    #[derive(Deserialize)]
+    struct Kind<'a> {
+        #[serde(rename = "type", borrow)]
+        kind: Option<&'a str>,
+    }
+    let kind: Kind = serde_json::from_str(text).ok()?;
+    if kind.kind != Some("cdc_batch") {
+        return None;
+    }
+    let batch: CdcBatchMessage = serde_json::from_str(text).ok()?;
+    let ids = [
+        Some(&batch.source_do_id),
+        batch.source_shard_name.as_ref(),
+        batch.correlation_id.as_ref(),
+    ];
+    if ids.into_iter().flatten().any(|id| id.len() > MAX_ID_BYTES) {
+        return None;
+    }
+    validate_batch(&batch).ok()?;
+    Some(batch)
 }
 
 /// Best-effort read of a message's top-level `sequenceNumber` without
@@ -501,5 +539,91 @@ mod tests {
         ));
         let e = decode_client_message(&deep_event).unwrap_err();
         assert!(e.message.contains("malformed JSON"), "{}", e.message);
+    }
+
+    /// The one-pass decoder of valid batches agrees with the general one on
+    /// everything it accepts, and accepts the valid batches that shards send.
+    mod fast_path {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn arb_value() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::from),
+                any::<i64>().prop_map(Value::from),
+                any::<u64>().prop_map(Value::from),
+                (-1e300f64..1e300).prop_map(Value::from),
+                "[a-z\\\\\"\u{e9}\u{1F600}\\n ]{0,12}".prop_map(Value::from),
+            ];
+            leaf.prop_recursive(3, 16, 4, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+                    prop::collection::btree_map("[a-zA-Z_]{1,6}", inner, 0..4)
+                        .prop_map(|m| Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        fn arb_event() -> impl Strategy<Value = Value> {
+            (
+                any::<u32>(),
+                0..3usize,
+                prop_oneof![
+                    "[a-z0-9-]{1,10}".prop_map(Value::from),
+                    any::<u32>().prop_map(Value::from)
+                ],
+                prop::option::of(prop::collection::btree_map("[a-z]{1,5}", arb_value(), 0..5)),
+                prop::option::of(prop::collection::btree_map("[a-z]{1,5}", arb_value(), 0..5)),
+                prop::option::of(arb_value()),
+            )
+                .prop_map(|(seq, op, row_id, before, after, metadata)| {
+                    let operation = ["INSERT", "UPDATE", "DELETE"][op];
+                    let mut e = serde_json::json!({
+                        "sequence": seq, "timestamp": 1_700_000_000_000u64 + seq as u64,
+                        "operation": operation, "table": "users", "rowId": row_id,
+                    });
+                    let obj = |m: std::collections::BTreeMap<String, Value>| {
+                        Value::Object(m.into_iter().collect())
+                    };
+                    if let Some(b) = before {
+                        e["before"] = obj(b);
+                    }
+                    if let Some(a) = after {
+                        e["after"] = obj(a);
+                    }
+                    if let Some(m) = metadata {
+                        e["metadata"] = m;
+                    }
+                    e
+                })
+        }
+
+        proptest! {
+            #[test]
+            fn agrees_with_the_general_decoder(events in prop::collection::vec(arb_event(), 1..6), seq in any::<u32>()) {
+                let text = serde_json::json!({
+                    "type": "cdc_batch", "timestamp": 1, "correlationId": "c", "sourceDoId": "do-1",
+                    "events": events, "sequenceNumber": seq, "isRetry": false, "retryCount": 0,
+                }).to_string();
+                let general = decode_general(&text);
+                let fast = decode_batch_fast(&text);
+                match (&fast, &general) {
+                    (Some(b), Ok(ClientMessage::CdcBatch(g))) => prop_assert_eq!(b, g),
+                    (None, Err(_)) => {}
+                    (f, g) => prop_assert!(false, "fast {:?} but general {:?}", f.is_some(), g),
+                }
+            }
+
+            #[test]
+            fn refuses_whatever_the_general_decoder_refuses(text in "\\{\"type\":\"cdc_batch\",\"sourceDoId\":\"[a-z]{0,3}\",\"sequenceNumber\":[0-9.e-]{1,4},\"events\":\\[(\\{\"sequence\":[0-9]{1,3},\"timestamp\":[0-9]{1,3},\"operation\":\"(INSERT|DELETE|NOPE)\",\"table\":\"[a-z/.]{0,4}\",\"rowId\":(\"[a-z]{0,2}\"|[0-9.]{1,3}|null)(,\"after\":(\\{\\}|\\[\\]|1))?\\},?){0,2}\\](,\"sequenceNumber\":1)?\\}") {
+                let general = decode_general(&text);
+                match (decode_batch_fast(&text), general) {
+                    (Some(b), Ok(ClientMessage::CdcBatch(g))) => prop_assert_eq!(b, g),
+                    (Some(b), g) => prop_assert!(false, "fast accepted {:?}, general said {:?}", b, g),
+                    (None, _) => {}
+                }
+            }
+        }
     }
 }

@@ -71,6 +71,8 @@ export async function startDoLake({ stateDir, config, port, hooks = false, authT
   const waitExit = () => (exited ? Promise.resolve() : new Promise((r) => child.once('exit', r)));
   return {
     url,
+    /** The runtime's process group (node and workerd). */
+    pid: child.pid,
     wsUrl: url.replace(/^http/, 'ws'),
     inspector,
     logs,

@@ -17,16 +17,19 @@ if (process.env.DOLAKE_TEST_HOOKS) bindings.DOLAKE_TEST_HOOKS = process.env.DOLA
 if (process.env.DOLAKE_AUTH_TOKEN) bindings.DOLAKE_AUTH_TOKEN = process.env.DOLAKE_AUTH_TOKEN;
 if (process.env.DOLAKE_LOG_LEVEL) bindings.DOLAKE_LOG_LEVEL = process.env.DOLAKE_LOG_LEVEL;
 
+// BASELINE_SCRIPT: serve another worker in DoLake's place (the benchmark's
+// minimal store-then-ack object, class `Baseline`, bound as DOLAKE).
+const baseline = process.env.BASELINE_SCRIPT;
 const dolake = {
   name: 'dolake',
   rootPath: root,
-  scriptPath: path.join(root, 'build/index.js'),
+  scriptPath: baseline ?? path.join(root, 'build/index.js'),
   modules: true,
   modulesRoot: root,
   modulesRules: [{ type: 'CompiledWasm', include: ['**/*.wasm'] }],
   compatibilityDate: '2026-07-21',
   bindings,
-  durableObjects: { DOLAKE: { className: 'DoLake', useSQLite: true } },
+  durableObjects: { DOLAKE: { className: baseline ? 'Baseline' : 'DoLake', useSQLite: true } },
   r2Buckets: ['LAKEHOUSE_BUCKET'],
 };
 const shared = {
