@@ -308,7 +308,8 @@ impl Intake {
 
         // The stored form: the events as JSON, in the shard's order. Sized
         // by what arrived, never by the client's `sizeBytes`.
-        let mut payload = String::from("[");
+        let mut payload: Vec<u8> = Vec::with_capacity(batch.events.len() * 256);
+        payload.push(b'[');
         let (mut first, mut last) = (u64::MAX, 0u64);
         let mut tables: Vec<String> = Vec::new();
         for (i, event) in batch.events.iter().enumerate() {
@@ -326,37 +327,38 @@ impl Intake {
                 let error = Error::invalid(format!("events[{i}]: {}", e.message()));
                 return self.refuse_batch(now, source, seq, correlation_id, &error, None);
             }
-            let json = match serde_json::to_string(event) {
-                Ok(json) => json,
-                Err(e) => {
-                    let error = Error::internal(format!("cannot re-encode event: {e}"));
-                    return self.refuse_batch(now, source, seq, correlation_id, &error, None);
-                }
-            };
-            if json.len() as u64 > limits.max_event_size {
+            if i > 0 {
+                payload.push(b',');
+            }
+            // Encoded straight into the payload (no string per event).
+            let start = payload.len();
+            if let Err(e) = serde_json::to_writer(&mut payload, event) {
+                let error = Error::internal(format!("cannot re-encode event: {e}"));
+                return self.refuse_batch(now, source, seq, correlation_id, &error, None);
+            }
+            let encoded = payload.len() - start;
+            if encoded as u64 > limits.max_event_size {
                 let error = Error::new(
                     ErrorKind::EventTooLarge,
                     format!(
                         "event with sequence {} is {} bytes; at most {} are allowed (rateLimit.maxEventSize)",
                         event.sequence,
-                        json.len(),
+                        encoded,
                         limits.max_event_size
                     ),
                 );
                 let max = Some(limits.max_event_size);
                 return self.refuse_batch(now, source, seq, correlation_id, &error, max);
             }
-            if i > 0 {
-                payload.push(',');
-            }
-            payload.push_str(&json);
             first = first.min(event.sequence);
             last = last.max(event.sequence);
             if let Err(i) = tables.binary_search(&event.table) {
                 tables.insert(i, event.table.clone());
             }
         }
-        payload.push(']');
+        payload.push(b']');
+        // serde_json writes UTF-8 only.
+        let payload = String::from_utf8(payload).expect("serde_json writes UTF-8");
         let fingerprint = fingerprint(&payload);
 
         if dedup && source.acked_batches.contains(seq) {
