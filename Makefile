@@ -66,6 +66,7 @@ lint:
 bench: build
 	cargo build --release --bin dolake-loadgen
 	node tests/bench/run.mjs
+	node tests/bench/intake_baseline.mjs
 	node tests/bench/current_state.mjs
 
 ## Current-state tables (issue 11, see docs/benchmarks.md): flush cost against
