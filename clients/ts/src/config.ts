@@ -115,3 +115,20 @@ export const DEFAULT_DOLAKE_CONFIG: Readonly<DeepRequired<DoLakeConfig>> = Objec
   rateLimit: DEFAULT_RATE_LIMIT_CONFIG,
   maintenance: DEFAULT_MAINTENANCE_CONFIG,
 });
+
+/**
+ * The bindings of the DoLake worker (the guide's `DoLakeEnv`), for a worker
+ * that routes to DoLake itself. The `DoLake` class is the Rust worker of this
+ * repository, deployed on its own and bound by `script_name`; this package
+ * does not contain it.
+ */
+export interface DoLakeEnv {
+  /** The R2 bucket of the tables. */
+  LAKEHOUSE_BUCKET: unknown;
+  /** The DoLake Durable Object namespace. */
+  DOLAKE: unknown;
+  /** `DoLakeConfig` as JSON. */
+  DOLAKE_CONFIG?: string;
+  /** The shared bearer token (a secret). */
+  DOLAKE_AUTH_TOKEN?: string;
+}
