@@ -53,6 +53,18 @@ for (const file of readdirSync(goldenDir).filter((f) => f.endsWith('.json') && f
   lines.push(`export const golden_${file.replace(/\W/g, '_')}_as_union = golden_${file.replace(/\W/g, '_')} satisfies P.ClientMessage | P.ServerMessage;`);
   checks++;
 }
+// The integration guide's own configuration literals type-check as written.
+lines.push(`export const guideConfig: P.DoLakeConfig = {
+  r2BucketName: 'my-lakehouse-bucket', r2BasePath: 'warehouse/tables',
+  flushThresholdEvents: 10_000, flushThresholdBytes: 50 * 1024 * 1024, flushThresholdMs: 60_000, flushIntervalMs: 30_000,
+  maxBufferSize: 100 * 1024 * 1024, enableFallback: true, maxFallbackSize: 10 * 1024 * 1024,
+  enableDeduplication: true, deduplicationWindowMs: 300_000, parquetRowGroupSize: 100_000, parquetCompression: 'snappy',
+};
+export const guideRateLimits: P.RateLimitConfig = {
+  connectionsPerSecond: 100, messagesPerSecond: 1000, maxPayloadSize: 4 * 1024 * 1024, burstCapacity: 50,
+  maxConnectionsPerIp: 10, maxEventsPerMessage: 10_000, maxEventSize: 1024 * 1024,
+};`);
+checks += 2;
 const gen = path.join(here, '.generated');
 mkdirSync(gen, { recursive: true });
 writeFileSync(path.join(gen, 'shapes.ts'), lines.join('\n') + '\n');
