@@ -431,3 +431,47 @@ fn flush_cost() {
         );
     }
 }
+
+/// Native flush throughput at the runtime's step budget and at one step, for
+/// issue 12's attribution (workerd: `node tests/bench/run.mjs --flush-only
+/// 100000`): `cargo test --release --lib flush::current_tests::flush_throughput
+/// -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn flush_throughput() {
+    let events = 100_000u64;
+    for kinds in ["changelog", "both"] {
+        for step in [4u64 << 20, 64 << 20] {
+            let mut w = World::new();
+            w.config = crate::config::DoLakeConfig::parse(Some(&format!(
+                r#"{{"warehouseLocation":"s3://bucket/lake","tableKinds":"{kinds}"}}"#
+            )))
+            .unwrap();
+            for b in 0..events / 1000 {
+                let batch = (b * 1000..(b + 1) * 1000)
+                    .map(|s| {
+                        let table = ["users", "orders", "items"][(s % 3) as usize];
+                        let k = format!("k{s}");
+                        serde_json::from_value::<CdcEvent>(json!({"sequence": s, "timestamp": 1_700_000_000_000_i64 + s as i64,
+                            "operation": "INSERT", "table": table, "rowId": k,
+                            "after": {"id": k, "n": s, "name": format!("name-{}", s % 977), "email": format!("user{s}@example.com"),
+                                      "score": (s % 1000) as f64 / 8.0, "active": s % 2 == 0, "note": "x".repeat(60)}}))
+                        .unwrap()
+                    })
+                    .collect();
+                w.buffer.push("bench", b, batch);
+            }
+            let t = std::time::Instant::now();
+            let o = w.flush_with(step, 600_000);
+            assert!(o.error.is_none(), "{:?}", o.error);
+            let s = t.elapsed().as_secs_f64();
+            println!(
+                "flush_throughput: {kinds}, step {} MiB: {events} events in {:.0} ms = {:.0} events/s, {} objects",
+                step >> 20,
+                s * 1000.0,
+                events as f64 / s,
+                o.paths.len()
+            );
+        }
+    }
+}
