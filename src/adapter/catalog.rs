@@ -69,22 +69,49 @@ impl DoLake {
     ) -> std::result::Result<Value, CatalogError> {
         let request = catalog::route(method, path, query)?;
         let registry = self.registry()?;
-        if let Some(body) = registry.answer(&request)? {
-            return Ok(body);
-        }
         let CatalogRequest::Table {
             namespace, table, ..
         } = &request
         else {
-            return Err(CatalogError::from(crate::Error::internal(
-                "the registry left a request other than load-table unanswered",
-            )));
+            return registry.answer(&request)?.ok_or_else(|| {
+                CatalogError::from(crate::Error::internal(
+                    "the registry left a request other than load-table unanswered",
+                ))
+            });
+        };
+        // A table the registry lacks (its registration failed and was not
+        // retried yet) is still found in the lake by name: one read, and it
+        // is registered from then on.
+        let unregistered = match registry.answer(&request) {
+            Ok(_) => false,
+            Err(e) if catalog::is_not_found(&e) => true,
+            Err(e) => return Err(e),
         };
         let lake = self
             .lake
             .as_ref()
             .map_err(|e| CatalogError::from(e.clone()))?;
-        let loaded = catalog::load_table(lake, namespace, table).await?;
+        let loaded = match catalog::load_table(lake, namespace, table).await {
+            Ok(loaded) => loaded,
+            // The registry's error names what is missing (namespace or table).
+            Err(e) if unregistered && catalog::is_not_found(&e) => {
+                return Err(registry.answer(&request).err().unwrap_or(e))
+            }
+            Err(e) => return Err(e),
+        };
+        if unregistered {
+            let id = TableId {
+                namespace: namespace.clone(),
+                name: table.clone(),
+            };
+            if let Err(e) = self.record_tables(&[id]) {
+                log(
+                    "warn",
+                    "catalog_registration_failed",
+                    serde_json::json!({"error": e.message}),
+                );
+            }
+        }
         Ok(loaded.to_response(&self.storage_access()))
     }
 
@@ -137,13 +164,23 @@ impl DoLake {
                 return json_response(&e.to_json(), e.status());
             }
         }
-        let Some(store) = &self.store else {
-            let e = CatalogError::from(crate::Error::storage("storage is not available"));
-            return json_response(&e.to_json(), e.status());
-        };
+        match self.record_tables(&registration.tables) {
+            Ok(()) => json_response(
+                &serde_json::json!({"registered": registration.tables.len()}),
+                200,
+            ),
+            Err(e) => json_response(&e.to_json(), e.status()),
+        }
+    }
+
+    /// Adds tables to the registry (present ones are kept as they are).
+    fn record_tables(&self, tables: &[TableId]) -> std::result::Result<(), CatalogError> {
+        let store = self
+            .store
+            .as_ref()
+            .ok_or_else(|| CatalogError::from(crate::Error::storage("storage is not available")))?;
         let now = now_ms();
-        let statements = registration
-            .tables
+        let statements = tables
             .iter()
             .map(|t| {
                 (
@@ -159,16 +196,7 @@ impl DoLake {
                 )
             })
             .collect();
-        match store.transaction(statements) {
-            Ok(()) => json_response(
-                &serde_json::json!({"registered": registration.tables.len()}),
-                200,
-            ),
-            Err(e) => {
-                let e = CatalogError::from(e);
-                json_response(&e.to_json(), e.status())
-            }
-        }
+        store.transaction(statements).map_err(CatalogError::from)
     }
 
     /// Sends the catalog instance the tables this instance committed to that

@@ -392,6 +392,14 @@ impl Registry {
     }
 }
 
+/// Whether `e` says a namespace or table does not exist.
+pub fn is_not_found(e: &CatalogError) -> bool {
+    matches!(
+        e.kind,
+        CatalogErrorKind::NoSuchNamespace | CatalogErrorKind::NoSuchTable
+    )
+}
+
 fn no_such_table(namespace: &str, table: &str) -> CatalogError {
     CatalogError::new(
         CatalogErrorKind::NoSuchTable,

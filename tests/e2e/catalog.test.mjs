@@ -114,6 +114,22 @@ test('REST catalog: pyiceberg and DuckDB attach by URL, list every instance\'s t
     assert.equal(check.code, 0, check.out);
     assert.match(check.out, /default\.users: 60 rows \(pyiceberg\), 60 rows \(duckdb\)/);
     assert.match(check.out, /default\.orders: 30 rows/);
+
+    // A table in the lake that no instance registered (its registration
+    // failed) is still loaded by name, and listed from then on.
+    res = await getJson(`${server.url}/v1/namespaces/nope/tables/users`, { headers: auth });
+    assert.equal(res.body.error.type, 'NoSuchNamespaceException');
+    const { body: keys } = await getJson(`${server.inspector}/list`);
+    for (const key of keys.filter((k) => k.startsWith('warehouse/default/orders/metadata/') && (k.endsWith('.metadata.json') || k.endsWith('version-hint.text')))) {
+      const bytes = Buffer.from(await (await fetch(`${server.inspector}/get?key=${encodeURIComponent(key)}`)).arrayBuffer());
+      const put = await fetch(`${server.inspector}/put?key=${encodeURIComponent(key.replace('/orders/', '/planted/'))}`, { method: 'POST', body: bytes });
+      assert.equal(put.status, 200);
+    }
+    res = await getJson(`${server.url}/v1/namespaces/default/tables/planted`, { headers: auth });
+    assert.equal(res.status, 200, JSON.stringify(res.body));
+    assert.equal(res.body.metadata['format-version'], 2);
+    res = await getJson(`${server.url}/v1/namespaces/default/tables`, { headers: auth });
+    assert.deepEqual(res.body.identifiers.map((i) => i.name).sort(), ['orders', 'planted', 'users']);
   } finally {
     await server.stop();
     removeDir(stateDir);
