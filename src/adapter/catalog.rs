@@ -28,6 +28,9 @@ pub(super) const SCHEMA: &[&str] = &["CREATE TABLE IF NOT EXISTS catalog_tables 
     PRIMARY KEY (namespace, name)
 )"];
 
+/// Longest a registration waits for the catalog instance.
+const REGISTER_TIMEOUT_MS: u64 = 5_000;
+
 #[derive(Deserialize)]
 struct Row {
     namespace: String,
@@ -261,7 +264,19 @@ impl DoLake {
             .durable_object("DOLAKE")?
             .id_from_name(CATALOG_INSTANCE)?
             .get_stub()?;
-        let res = stub.fetch_with_request(req).await?;
+        // Bounded: a flush (and a flush request) waits for this.
+        let call = std::pin::pin!(stub.fetch_with_request(req));
+        let timeout = std::pin::pin!(worker::Delay::from(std::time::Duration::from_millis(
+            REGISTER_TIMEOUT_MS
+        )));
+        let res = match futures::future::select(call, timeout).await {
+            futures::future::Either::Left((res, _)) => res?,
+            futures::future::Either::Right(_) => {
+                return Err(worker::Error::RustError(format!(
+                    "the catalog instance did not answer within {REGISTER_TIMEOUT_MS} ms"
+                )))
+            }
+        };
         if res.status_code() == 200 {
             Ok(())
         } else {
