@@ -14,12 +14,12 @@ use serde_json::Value;
 use worker::{Headers, Method, Request, RequestInit, Response, Result};
 
 use crate::catalog::{
-    self, CatalogError, CatalogErrorKind, CatalogRequest, Registration, Registry, StorageAccess,
-    TableId, CATALOG_INSTANCE, REGISTER_PATH,
+    self, Answer, CatalogError, CatalogErrorKind, Registration, Registry, StorageAccess, TableId,
+    CATALOG_INSTANCE, REGISTER_PATH,
 };
 
-use super::json_response;
 use super::object::{log, now_ms, Core, DoLake};
+use super::{json_response, setting};
 
 pub(super) const SCHEMA: &[&str] = &["CREATE TABLE IF NOT EXISTS catalog_tables (
     namespace TEXT NOT NULL,
@@ -35,15 +35,6 @@ const REGISTER_TIMEOUT_MS: u64 = 5_000;
 struct Row {
     namespace: String,
     name: String,
-}
-
-/// A secret, else a var, when set and not empty.
-fn setting(env: &worker::Env, name: &str) -> Option<String> {
-    env.secret(name)
-        .map(|s| s.to_string())
-        .or_else(|_| env.var(name).map(|v| v.to_string()))
-        .ok()
-        .filter(|v| !v.is_empty())
 }
 
 impl DoLake {
@@ -72,40 +63,28 @@ impl DoLake {
     ) -> std::result::Result<Value, CatalogError> {
         let request = catalog::route(method, path, query)?;
         let registry = self.registry()?;
-        let CatalogRequest::Table {
-            namespace, table, ..
-        } = &request
-        else {
-            return registry.answer(&request)?.ok_or_else(|| {
-                CatalogError::from(crate::Error::internal(
-                    "the registry left a request other than load-table unanswered",
-                ))
-            });
-        };
-        // A table the registry lacks (its registration failed and was not
-        // retried yet) is still found in the lake by name: one read, and it
-        // is registered from then on.
-        let unregistered = match registry.answer(&request) {
-            Ok(_) => false,
-            Err(e) if catalog::is_not_found(&e) => true,
-            Err(e) => return Err(e),
+        let (namespace, table, registered) = match registry.answer(&request)? {
+            Answer::Body(body) => return Ok(body),
+            Answer::LoadTable {
+                namespace,
+                table,
+                registered,
+            } => (namespace, table, registered),
         };
         let lake = self
             .lake
             .as_ref()
             .map_err(|e| CatalogError::from(e.clone()))?;
         let loaded = match catalog::load_table(lake, namespace, table).await {
-            Ok(loaded) => loaded,
-            // The registry's error names what is missing (namespace or table).
-            Err(e) if unregistered && catalog::is_not_found(&e) => {
-                return Err(registry.answer(&request).err().unwrap_or(e))
+            Err(e) if e.kind == CatalogErrorKind::NoSuchTable => {
+                return Err(registry.missing(namespace, table))
             }
-            Err(e) => return Err(e),
+            other => other?,
         };
-        if unregistered {
+        if !registered {
             let id = TableId {
-                namespace: namespace.clone(),
-                name: table.clone(),
+                namespace: namespace.to_string(),
+                name: table.to_string(),
             };
             if let Err(e) = self.record_tables(&[id]) {
                 log(

@@ -19,14 +19,13 @@ pub(crate) fn json_response(body: &serde_json::Value, status: u16) -> Result<Res
     Ok(Response::from_json(body)?.with_status(status))
 }
 
-/// The shared secret (`DOLAKE_AUTH_TOKEN`, a secret or else a var), when set
-/// and not empty; read the same way as the object does.
-fn auth_token(env: &Env) -> Option<String> {
-    env.secret("DOLAKE_AUTH_TOKEN")
+/// A setting: the secret `name`, else the var, when set and not empty.
+pub(crate) fn setting(env: &Env, name: &str) -> Option<String> {
+    env.secret(name)
         .map(|s| s.to_string())
-        .or_else(|_| env.var("DOLAKE_AUTH_TOKEN").map(|v| v.to_string()))
+        .or_else(|_| env.var(name).map(|v| v.to_string()))
         .ok()
-        .filter(|t| !t.is_empty())
+        .filter(|v| !v.is_empty())
 }
 
 /// The 401 of the Worker and of the object (same body as always).
@@ -56,7 +55,7 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
         .query_pairs()
         .find(|(k, _)| k == "table")
         .map(|(_, v)| v.into_owned());
-    let secret = auth_token(&env);
+    let secret = setting(&env, "DOLAKE_AUTH_TOKEN");
     let authorization = req.headers().get("Authorization")?;
     let door = front_door(
         &path,

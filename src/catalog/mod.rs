@@ -45,18 +45,27 @@ pub enum CatalogRequest {
     /// `GET /v1/namespaces` (`parent` set: children of a namespace, none
     /// here since namespaces have one level).
     ListNamespaces { parent: Option<String>, page: Page },
-    /// `GET /v1/namespaces/{ns}` (`exists_only`: `HEAD`).
-    Namespace {
-        namespace: String,
-        exists_only: bool,
-    },
+    /// `GET` or `HEAD /v1/namespaces/{ns}`.
+    Namespace { namespace: String },
     /// `GET /v1/namespaces/{ns}/tables`.
     ListTables { namespace: String, page: Page },
-    /// `GET /v1/namespaces/{ns}/tables/{table}` (`exists_only`: `HEAD`).
-    Table {
-        namespace: String,
-        table: String,
-        exists_only: bool,
+    /// `GET` or `HEAD /v1/namespaces/{ns}/tables/{table}` (load table).
+    Table { namespace: String, table: String },
+}
+
+/// What the registry answers: a body, or a table to load from the lake.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Answer<'r> {
+    /// The response body.
+    Body(Value),
+    /// Load this table's current metadata ([`load_table`]); when it is
+    /// missing there, answer [`Registry::missing`]. A table that is not
+    /// `registered` (its writer's registration failed and was not retried
+    /// yet) is still found by name, and is to be registered then.
+    LoadTable {
+        namespace: &'r str,
+        table: &'r str,
+        registered: bool,
     },
 }
 
@@ -143,33 +152,15 @@ impl From<Error> for CatalogError {
 /// Decodes a `%XX`-escaped path segment (a multi-level namespace is joined
 /// by `%1F`, which [`route`] refuses: DoLake's namespaces have one level).
 fn unescape(segment: &str) -> Result<String, CatalogError> {
-    let bytes = segment.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = segment
-                .get(i + 1..i + 3)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or_else(|| {
-                    CatalogError::new(
-                        CatalogErrorKind::BadRequest,
-                        format!("bad escape in path segment {segment:?}"),
-                    )
-                })?;
-            out.push(hex);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).map_err(|_| {
-        CatalogError::new(
-            CatalogErrorKind::BadRequest,
-            format!("path segment {segment:?} is not UTF-8"),
-        )
-    })
+    percent_encoding::percent_decode_str(segment)
+        .decode_utf8()
+        .map(|s| s.into_owned())
+        .map_err(|_| {
+            CatalogError::new(
+                CatalogErrorKind::BadRequest,
+                format!("path segment {segment:?} is not UTF-8"),
+            )
+        })
 }
 
 fn page(query: &[(String, String)]) -> Result<Page, CatalogError> {
@@ -204,7 +195,6 @@ pub fn route(
     let rest = path.strip_prefix("/v1").unwrap_or(path);
     let segments: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
     let read = matches!(method, "GET" | "HEAD");
-    let head = method == "HEAD";
     let unsupported = || {
         CatalogError::new(
             CatalogErrorKind::Unsupported,
@@ -248,7 +238,6 @@ pub fn route(
         }
         ["namespaces", ns] if read => Ok(CatalogRequest::Namespace {
             namespace: one_level(ns)?,
-            exists_only: head,
         }),
         ["namespaces", ns, "tables"] if method == "GET" => Ok(CatalogRequest::ListTables {
             namespace: one_level(ns)?,
@@ -257,7 +246,6 @@ pub fn route(
         ["namespaces", ns, "tables", table] if read => Ok(CatalogRequest::Table {
             namespace: one_level(ns)?,
             table: unescape(table)?,
-            exists_only: head,
         }),
         ["namespaces"]
         | ["namespaces", _]
@@ -339,44 +327,52 @@ impl Registry {
             .is_some_and(|t| t.contains(table))
     }
 
-    /// The answer to `request` that needs only the registry: everything but
-    /// load-table (`Ok(None)`: the caller loads the table's metadata).
-    pub fn answer(&self, request: &CatalogRequest) -> Result<Option<Value>, CatalogError> {
-        match request {
-            CatalogRequest::Config => Ok(Some(config_response())),
+    /// The answer to `request`: everything but load-table is answered from
+    /// the registry alone.
+    pub fn answer<'r>(&self, request: &'r CatalogRequest) -> Result<Answer<'r>, CatalogError> {
+        let body = match request {
+            CatalogRequest::Config => config_response(),
             CatalogRequest::ListNamespaces { parent, page } => {
                 if let Some(parent) = parent.as_deref().filter(|p| !p.is_empty()) {
                     // Namespaces have one level: a known parent has no children.
                     self.namespace_exists(parent)?;
-                    return Ok(Some(json!({"namespaces": []})));
+                    return Ok(Answer::Body(json!({"namespaces": []})));
                 }
-                let (items, next) = paged(self.namespaces.keys(), page)?;
+                let (items, next) = paged(self.namespaces.keys(), page);
                 let list: Vec<Value> = items.into_iter().map(|ns| json!([ns])).collect();
-                Ok(Some(with_token(json!({"namespaces": list}), next)))
+                with_token(json!({"namespaces": list}), next)
             }
-            CatalogRequest::Namespace { namespace, .. } => {
+            CatalogRequest::Namespace { namespace } => {
                 self.namespace_exists(namespace)?;
-                Ok(Some(json!({"namespace": [namespace], "properties": {}})))
+                json!({"namespace": [namespace], "properties": {}})
             }
             CatalogRequest::ListTables { namespace, page } => {
                 self.namespace_exists(namespace)?;
                 let tables = &self.namespaces[namespace.as_str()];
-                let (items, next) = paged(tables.iter(), page)?;
+                let (items, next) = paged(tables.iter(), page);
                 let list: Vec<Value> = items
                     .into_iter()
                     .map(|t| json!({"namespace": [namespace], "name": t}))
                     .collect();
-                Ok(Some(with_token(json!({"identifiers": list}), next)))
+                with_token(json!({"identifiers": list}), next)
             }
-            CatalogRequest::Table {
-                namespace, table, ..
-            } => {
-                self.namespace_exists(namespace)?;
-                if !self.has_table(namespace, table) {
-                    return Err(no_such_table(namespace, table));
-                }
-                Ok(None)
+            CatalogRequest::Table { namespace, table } => {
+                return Ok(Answer::LoadTable {
+                    namespace,
+                    table,
+                    registered: self.has_table(namespace, table),
+                })
             }
+        };
+        Ok(Answer::Body(body))
+    }
+
+    /// The 404 of a table the lake does not hold: no such namespace, or no
+    /// such table in it.
+    pub fn missing(&self, namespace: &str, table: &str) -> CatalogError {
+        match self.namespace_exists(namespace) {
+            Err(e) => e,
+            Ok(()) => no_such_table(namespace, table),
         }
     }
 
@@ -392,14 +388,6 @@ impl Registry {
     }
 }
 
-/// Whether `e` says a namespace or table does not exist.
-pub fn is_not_found(e: &CatalogError) -> bool {
-    matches!(
-        e.kind,
-        CatalogErrorKind::NoSuchNamespace | CatalogErrorKind::NoSuchTable
-    )
-}
-
 fn no_such_table(namespace: &str, table: &str) -> CatalogError {
     CatalogError::new(
         CatalogErrorKind::NoSuchTable,
@@ -412,7 +400,7 @@ fn no_such_table(namespace: &str, table: &str) -> CatalogError {
 fn paged<'a>(
     items: impl Iterator<Item = &'a String>,
     page: &Page,
-) -> Result<(Vec<&'a String>, Option<String>), CatalogError> {
+) -> (Vec<&'a String>, Option<String>) {
     let size = page.size.unwrap_or(DEFAULT_PAGE).min(MAX_PAGE);
     let mut rest = items.filter(|n| page.token.as_ref().is_none_or(|t| n.as_str() > t.as_str()));
     let taken: Vec<&String> = rest.by_ref().take(size).collect();
@@ -420,7 +408,7 @@ fn paged<'a>(
         (Some(_), Some(last)) => Some((*last).clone()),
         _ => None,
     };
-    Ok((taken, next))
+    (taken, next)
 }
 
 fn with_token(mut body: Value, next: Option<String>) -> Value {
