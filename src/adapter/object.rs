@@ -188,12 +188,7 @@ impl DurableObject for DoLake {
         if let Core::Ready(intake) = &mut core {
             intake.set_lake_failing(history.consecutive_failures > 0);
         }
-        let auth_token = env
-            .secret("DOLAKE_AUTH_TOKEN")
-            .map(|s| s.to_string())
-            .or_else(|_| env.var("DOLAKE_AUTH_TOKEN").map(|v| v.to_string()))
-            .ok()
-            .filter(|t| !t.is_empty());
+        let auth_token = super::setting(&env, "DOLAKE_AUTH_TOKEN");
         if auth_token.is_none() {
             log(
                 "warn",
@@ -455,7 +450,6 @@ impl DurableObject for DoLake {
             (Some(ServerMessage::Nack(nack)), _, _) => self.count_refusal(&nack.reason),
             _ => {}
         }
-        let full = matches!(&reply, Some(ServerMessage::Nack(n)) if self.note_buffer_full(n));
         if let Some(reply) = reply {
             match &reply {
                 ServerMessage::Ack(_) => conn.acks += 1,
@@ -481,7 +475,7 @@ impl DurableObject for DoLake {
         } else if close {
             ws.close(Some(1000), Some("disconnect"))?;
         }
-        if stored || full {
+        if stored || self.flush_wanted_now() {
             self.ensure_alarm().await;
         }
         Ok(())
@@ -822,26 +816,10 @@ impl DoLake {
     /// write storage, so that count lives in memory only (refusals by this
     /// instance since it was constructed; never written, not even along with
     /// another reason's count).
-    /// A `buffer_full` refusal makes a flush due now (see
-    /// `FlushHistory::buffer_full`); true when `nack` is one.
-    fn note_buffer_full(&self, nack: &crate::protocol::NackMessage) -> bool {
-        if nack.kind != Some(ErrorKind::BufferFull) {
-            return false;
-        }
-        let mut history = self.history.borrow_mut();
-        if !history.buffer_full {
-            history.buffer_full = true;
-            if let Some(store) = &self.store {
-                if let Err(e) = store.save_history(&history) {
-                    log(
-                        "warn",
-                        "history_save_failed",
-                        serde_json::json!({"error": e.message()}),
-                    );
-                }
-            }
-        }
-        true
+    /// Whether a refusal left the buffer wanting a flush now (see
+    /// `BufferTotals::refused_full`): the alarm must be brought forward.
+    fn flush_wanted_now(&self) -> bool {
+        matches!(&*self.core.borrow(), Core::Ready(intake) if intake.buffer().refused_full)
     }
 
     fn count_refusal(&self, reason: &str) {
@@ -1006,8 +984,7 @@ impl DoLake {
             ServerMessage::Nack(nack) => self.count_refusal(&nack.reason),
             _ => {}
         }
-        let full = matches!(&reply, ServerMessage::Nack(n) if self.note_buffer_full(n));
-        if stored || full {
+        if stored || self.flush_wanted_now() {
             self.ensure_alarm().await;
         }
         message_response(&reply)

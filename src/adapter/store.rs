@@ -301,6 +301,7 @@ impl Store {
             bytes: row.bytes as u64,
             oldest_ms: row.oldest,
             newest_ms: row.newest,
+            refused_full: false,
         })
     }
 

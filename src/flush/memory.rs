@@ -151,6 +151,7 @@ impl Buffer for MemoryBuffer {
             bytes: b.values().map(|v| v.3).sum(),
             oldest_ms: None,
             newest_ms: None,
+            refused_full: false,
         })
     }
 }

@@ -183,11 +183,6 @@ pub struct FlushHistory {
     pub index_repairs: u64,
     /// Table maintenance.
     pub maintenance: MaintenanceHistory,
-    /// A batch was refused with `buffer_full` since the last successful
-    /// flush: the buffer is as full as it gets, whatever the byte threshold
-    /// says (a batch larger than the room left under `maxBufferSize` never
-    /// reaches a threshold close to it), so a flush is due now.
-    pub buffer_full: bool,
 }
 
 /// Orphan cleanup reads every live snapshot's manifest list: once a day.
@@ -326,7 +321,6 @@ impl FlushHistory {
         match &outcome.error {
             None => {
                 self.continuing = outcome.more;
-                self.buffer_full = false;
                 self.consecutive_failures = 0;
                 self.last_success_ms = Some(end);
                 self.flushes += 1;
@@ -362,7 +356,7 @@ impl<'a> FlushSchedule<'a> {
     pub fn threshold_reached(&self, totals: &BufferTotals) -> Option<FlushTrigger> {
         if totals.events >= self.config.flush_threshold_events {
             Some(FlushTrigger::Events)
-        } else if totals.bytes >= self.config.flush_threshold_bytes {
+        } else if totals.bytes >= self.config.flush_threshold_bytes || totals.refused_full {
             Some(FlushTrigger::Bytes)
         } else {
             None
@@ -384,9 +378,6 @@ impl<'a> FlushSchedule<'a> {
         }
         if history.continuing {
             return Some(FlushTrigger::Continue);
-        }
-        if history.buffer_full {
-            return Some(FlushTrigger::Bytes);
         }
         if let Some(t) = self.threshold_reached(totals) {
             return Some(t);
@@ -411,7 +402,7 @@ impl<'a> FlushSchedule<'a> {
         if history.consecutive_failures > 0 {
             return Some(self.retry_at(history).max(now));
         }
-        if history.continuing || history.buffer_full || self.threshold_reached(totals).is_some() {
+        if history.continuing || self.threshold_reached(totals).is_some() {
             return Some(now);
         }
         let oldest = totals.oldest_ms.unwrap_or(now);

@@ -12,6 +12,7 @@ fn totals(batches: u64, events: u64, bytes: u64, oldest: i64) -> BufferTotals {
         bytes,
         oldest_ms: Some(oldest),
         newest_ms: Some(oldest),
+        refused_full: false,
     }
 }
 
@@ -51,23 +52,36 @@ fn a_buffer_full_refusal_makes_a_flush_due_below_the_byte_threshold() {
     // no threshold will ever be reached, so the refusal itself is the trigger.
     let c = config(r#"{"flushThresholdBytes":40000,"maxBufferSize":40000,"enableFallback":false}"#);
     let s = FlushSchedule::new(&c);
-    let t = totals(7, 175, 36_000, 0);
+    let mut t = totals(7, 175, 36_000, 0);
     let mut h = FlushHistory::default();
     assert_eq!(s.due(10, &t, &h), None);
-    h.buffer_full = true;
+    t.refused_full = true;
     assert_eq!(s.due(10, &t, &h), Some(FlushTrigger::Bytes));
     assert_eq!(s.next_alarm(10, &t, &h), Some(10));
-    // A successful flush clears it; a failed one keeps it (and backs off).
+    // A failed flush backs off as always.
     let failed = procedure::Outcome {
         error: Some(crate::Error::internal("R2 down")),
         ..procedure::Outcome::default()
     };
     h.record(10, 20, &failed);
-    assert!(h.buffer_full);
     assert_eq!(s.due(21, &t, &h), None, "backing off");
-    h.record(1_100, 1_200, &procedure::Outcome::default());
-    assert!(!h.buffer_full);
-    assert_eq!(s.due(1_300, &t, &h), None);
+    // The refusal is intake's: it marks the totals it refuses against, and a
+    // flush reads them again from storage (unmarked).
+    let mut intake = crate::intake::Intake::new(c.clone(), Vec::new(), totals(7, 175, 36_000, 0));
+    let mut batch: crate::protocol::CdcBatchMessage = serde_json::from_value(json!({
+        "sourceDoId": "s", "sequenceNumber": 1, "events": [{"sequence": 1, "timestamp": 1,
+        "operation": "INSERT", "table": "t", "rowId": "r", "after": {"x": "y".repeat(6_000)}}]}))
+    .unwrap();
+    batch.is_retry = false;
+    let crate::intake::Admission::Reply(crate::protocol::ServerMessage::Nack(nack)) =
+        intake.admit(10, batch)
+    else {
+        panic!("refused")
+    };
+    assert_eq!(nack.reason, "buffer_full");
+    assert!(intake.buffer().refused_full);
+    intake.set_buffer(totals(0, 0, 0, 0));
+    assert!(!intake.buffer().refused_full);
 }
 
 #[test]

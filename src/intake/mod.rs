@@ -74,6 +74,12 @@ pub struct BufferTotals {
     pub oldest_ms: Option<i64>,
     /// Receive time of the newest buffered batch.
     pub newest_ms: Option<i64>,
+    /// A batch was refused with `buffer_full` since these totals were read
+    /// from storage (a flush reads them again): the buffer is as full as it
+    /// gets, so the byte threshold counts as reached. Without this a
+    /// threshold close to `maxBufferSize` is never reached by batches larger
+    /// than the room left, and intake stalls.
+    pub refused_full: bool,
 }
 
 /// One batch as stored in the buffer.
@@ -409,6 +415,7 @@ impl Intake {
         let size = payload.len() as u64;
         let capacity = self.capacity();
         if self.buffer.bytes + size > capacity {
+            self.buffer.refused_full = true;
             let error = Error::new(
                 ErrorKind::BufferFull,
                 format!(
