@@ -192,6 +192,7 @@ fn protocol_shapes_match_the_golden_file_the_typescript_types_are_checked_agains
         size_bytes: Some(200),
         is_retry: true,
         retry_count: 2,
+        message_type: None,
     };
     let batch_min = CdcBatchMessage {
         timestamp: None,

@@ -28,6 +28,7 @@ fn batch(source: &str, seq: u64, events: std::ops::Range<u64>) -> CdcBatchMessag
         size_bytes: None,
         is_retry: false,
         retry_count: 0,
+        message_type: None,
     }
 }
 

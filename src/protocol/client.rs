@@ -157,6 +157,36 @@ pub struct CdcBatchMessage {
     /// How often it was resent.
     #[serde(default)]
     pub retry_count: u32,
+    /// The message's `type` as decoded (`None` when built in code, or when
+    /// the text had none). Read in the same pass as the rest, so the
+    /// one-pass decoder needs no second look at the text; never written (the
+    /// enclosing message writes its own `type`).
+    #[serde(rename = "type", default, skip_serializing)]
+    pub message_type: Option<CdcBatchType>,
+}
+
+/// The `type` of a `cdc_batch`: decodes only from the string `"cdc_batch"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CdcBatchType;
+
+impl<'de> Deserialize<'de> for CdcBatchType {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = CdcBatchType;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("the string \"cdc_batch\"")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<CdcBatchType, E> {
+                if v == "cdc_batch" {
+                    Ok(CdcBatchType)
+                } else {
+                    Err(E::invalid_value(serde::de::Unexpected::Str(v), &self))
+                }
+            }
+        }
+        deserializer.deserialize_str(Visitor)
+    }
 }
 
 /// `heartbeat`: keep-alive with the shard's progress.
@@ -350,16 +380,8 @@ fn decode_general(text: &str) -> Result<ClientMessage, DecodeError> {
 /// gives the precise error; whatever this accepts, that path accepts the same
 /// way (same types, same deserializers; a duplicate key fails here).
 fn decode_batch_fast(text: &str) -> Option<CdcBatchMessage> {
-    #[derive(Deserialize)]
-    struct Kind<'a> {
-        #[serde(rename = "type", borrow)]
-        kind: Option<&'a str>,
-    }
-    let kind: Kind = serde_json::from_str(text).ok()?;
-    if kind.kind != Some("cdc_batch") {
-        return None;
-    }
     let batch: CdcBatchMessage = serde_json::from_str(text).ok()?;
+    batch.message_type?;
     let ids = [
         Some(&batch.source_do_id),
         batch.source_shard_name.as_ref(),

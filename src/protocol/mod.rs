@@ -11,8 +11,9 @@ mod server;
 
 pub use client::sniff_sequence_number;
 pub use client::{
-    decode_client_message, Capabilities, CdcBatchMessage, CdcEvent, ClientMessage, ConnectMessage,
-    DecodeError, DisconnectMessage, FlushRequestMessage, HeartbeatMessage, Operation, MAX_ID_BYTES,
+    decode_client_message, Capabilities, CdcBatchMessage, CdcBatchType, CdcEvent, ClientMessage,
+    ConnectMessage, DecodeError, DisconnectMessage, FlushRequestMessage, HeartbeatMessage,
+    Operation, MAX_ID_BYTES,
 };
 pub use server::{
     AckDetails, AckMessage, AckStatus, BufferSnapshot, FlushResponseMessage, FlushResult,

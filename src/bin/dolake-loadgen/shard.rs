@@ -175,6 +175,7 @@ impl Shard {
                 size_bytes: Some(size),
                 is_retry: false,
                 retry_count: 0,
+                message_type: None,
             };
             self.report.batches_sent += 1;
             self.report.events_sent += n;
