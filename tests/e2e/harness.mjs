@@ -271,6 +271,21 @@ export async function exportLake(server, dir, prefix = 'warehouse') {
   return { keys, count };
 }
 
+/**
+ * Flushes until the buffer is empty (`ms` at most), then exports the lake to
+ * `stateDir/export/warehouse`; returns that directory.
+ */
+export async function flushAndExport(server, stateDir, ms = 120_000) {
+  await waitFor(async () => {
+    await getJson(`${server.url}/lakehouse/flush`, { method: 'POST' });
+    return (await getJson(`${server.url}/lakehouse/status`)).body.buffer.eventCount === 0;
+  }, ms, 'the buffer to flush');
+  const warehouse = path.join(stateDir, 'export', 'warehouse');
+  mkdirSync(warehouse, { recursive: true });
+  await exportLake(server, warehouse);
+  return warehouse;
+}
+
 /** Polls `check` every 200 ms until it returns a truthy value or `ms` pass. */
 export async function waitFor(check, ms, what) {
   const deadline = Date.now() + ms;

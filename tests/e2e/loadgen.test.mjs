@@ -6,10 +6,10 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { exportLake, getJson, removeDir, sleep, startDoLake, tempStateDir, waitFor, withTimeout } from './harness.mjs';
+import { flushAndExport, getJson, removeDir, sleep, startDoLake, tempStateDir, withTimeout } from './harness.mjs';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const binary = path.join(root, 'target/debug/dolake-loadgen');
@@ -120,13 +120,7 @@ describe('dolake-loadgen', () => {
       assert.ok(s.sends > s.batchesSent, 'pending batches were resent');
       assert.match(stderr, /connection lost|connect failed/);
       // Flush everything and read the lake back.
-      await waitFor(async () => {
-        await getJson(`${server.url}/lakehouse/flush`, { method: 'POST' });
-        return (await getJson(`${server.url}/lakehouse/status`)).body.buffer.eventCount === 0;
-      }, 120_000, 'the buffer to flush');
-      const warehouse = path.join(stateDir, 'export', 'warehouse');
-      mkdirSync(warehouse, { recursive: true });
-      await exportLake(server, warehouse);
+      const warehouse = await flushAndExport(server, stateDir);
       const lines = readFileSync(acked, 'utf8').split('\n').filter(Boolean);
       assert.equal(lines.length, s.eventsAcked);
       // The loadgen's own JSONL as the expectation (a JSON.parse round trip

@@ -9,10 +9,9 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { mkdirSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { exportLake, getJson, removeDir, startDoLake, tempStateDir, verifyLake, waitFor } from './harness.mjs';
+import { flushAndExport, getJson, removeDir, startDoLake, tempStateDir, verifyLake, waitFor } from './harness.mjs';
 import { changeFor } from '../../clients/ts/test/changes.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -79,13 +78,7 @@ test('TS client in a Durable Object: DO to DO, across a kill of both sides, ever
     assert.equal(s.nextSequence, 550);
     assert.equal(s.pending, 0);
 
-    await waitFor(async () => {
-      await getJson(`${server.url}/lakehouse/flush`, { method: 'POST' });
-      return (await getJson(`${server.url}/lakehouse/status`)).body.buffer.eventCount === 0;
-    }, 120_000, 'the buffer to flush');
-    const warehouse = path.join(stateDir, 'export', 'warehouse');
-    mkdirSync(warehouse, { recursive: true });
-    await exportLake(server, warehouse);
+    const warehouse = await flushAndExport(server, stateDir);
     const events = [];
     for (let seq = 0; seq < s.nextSequence; seq++) {
       events.push({ ...changeFor(seq), sequence: seq, sourceDoId: s.sourceDoId });
