@@ -28,6 +28,7 @@ pub mod intake;
 pub mod lake;
 pub mod metrics;
 pub mod protocol;
+pub mod session;
 
 #[cfg(target_arch = "wasm32")]
 mod adapter;

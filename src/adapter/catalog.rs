@@ -192,9 +192,11 @@ impl DoLake {
             .flatten()
             .unwrap_or_default();
         let todo = match &*self.core.borrow() {
-            Core::Ready(intake) => {
-                catalog::unregistered(&self.history.borrow(), intake.config(), &registered)
-            }
+            Core::Ready(session) => catalog::unregistered(
+                &self.history.borrow(),
+                session.intake().config(),
+                &registered,
+            ),
             Core::Failed(_) => return,
         };
         if todo.is_empty() {

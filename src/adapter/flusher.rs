@@ -69,8 +69,8 @@ impl Buffer for BufferPort<'_> {
     fn delete_through(&self, last: i64) -> Result<()> {
         self.store()?.delete_batches(last)?;
         let totals = self.totals()?;
-        if let Core::Ready(intake) = &mut *self.0.core.borrow_mut() {
-            intake.set_buffer(totals);
+        if let Core::Ready(session) = &mut *self.0.core.borrow_mut() {
+            session.intake_mut().set_buffer(totals);
         }
         Ok(())
     }
@@ -153,9 +153,9 @@ impl DoLake {
         self.flush_running.set(true);
         let start = now_ms();
         let (config, used_fallback) = match &*self.core.borrow() {
-            Core::Ready(intake) => (
-                Some(intake.config().clone()),
-                intake.buffer().bytes > intake.config().max_buffer_size,
+            Core::Ready(session) => (
+                Some(session.intake().config().clone()),
+                session.intake().buffer().bytes > session.intake().config().max_buffer_size,
             ),
             Core::Failed(_) => (None, false),
         };
@@ -191,12 +191,12 @@ impl DoLake {
             }
         }
         if let Ok(totals) = BufferPort(self).totals() {
-            if let Core::Ready(intake) = &mut *self.core.borrow_mut() {
-                intake.set_buffer(totals);
+            if let Core::Ready(session) = &mut *self.core.borrow_mut() {
+                session.intake_mut().set_buffer(totals);
             }
         }
-        if let Core::Ready(intake) = &mut *self.core.borrow_mut() {
-            intake.set_lake_failing(!result.success);
+        if let Core::Ready(session) = &mut *self.core.borrow_mut() {
+            session.intake_mut().set_lake_failing(!result.success);
         }
         for (table, n) in &outcome.overflow {
             log(
@@ -257,14 +257,17 @@ impl DoLake {
     /// maintenance run, whichever is first; `None` for no alarm.
     fn wanted_alarm(&self) -> Option<i64> {
         match &*self.core.borrow() {
-            Core::Ready(intake) => {
+            Core::Ready(session) => {
                 let now = now_ms();
                 let history = self.history.borrow();
-                let flush =
-                    FlushSchedule::new(intake.config()).next_alarm(now, intake.buffer(), &history);
+                let flush = FlushSchedule::new(session.intake().config()).next_alarm(
+                    now,
+                    session.intake().buffer(),
+                    &history,
+                );
                 let maintenance = history
                     .maintenance
-                    .next_run(&intake.config().maintenance, &history)
+                    .next_run(&session.intake().config().maintenance, &history)
                     .map(|at| at.max(now));
                 match (flush, maintenance) {
                     (Some(a), Some(b)) => Some(a.min(b)),
@@ -278,11 +281,11 @@ impl DoLake {
     /// Whether maintenance is due now.
     pub(super) fn maintenance_due(&self) -> bool {
         match &*self.core.borrow() {
-            Core::Ready(intake) => {
+            Core::Ready(session) => {
                 let history = self.history.borrow();
                 history
                     .maintenance
-                    .next_run(&intake.config().maintenance, &history)
+                    .next_run(&session.intake().config().maintenance, &history)
                     .is_some_and(|at| at <= now_ms())
             }
             Core::Failed(_) => false,
@@ -300,8 +303,8 @@ impl DoLake {
             ));
         }
         let (config, tables) = match &*self.core.borrow() {
-            Core::Ready(intake) => (
-                intake.config().clone(),
+            Core::Ready(session) => (
+                session.intake().config().clone(),
                 self.history.borrow().known_tables(),
             ),
             Core::Failed(e) => return Err(e.clone()),

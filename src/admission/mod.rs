@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 
 use crate::config::RateLimitConfig;
+use crate::error::ErrorKind;
 
 /// Size violations after which a connection is closed (code 1008).
 pub const MAX_SIZE_STRIKES: u32 = 3;
@@ -83,11 +84,34 @@ impl TokenBucket {
     }
 }
 
+/// Why something was refused, as counted (`refusals_total{reason}`): a
+/// `nack`'s error kind, or a refusal before any message was read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// A `nack` (or an HTTP error) of this kind.
+    Nack(ErrorKind),
+    /// A request without the right bearer token.
+    Unauthorized,
+    /// An upgrade from an address at `maxConnectionsPerIp`.
+    IpLimit,
+}
+
+impl Refusal {
+    /// The counter's label: the nack reason, `unauthorized` or `ip_limit`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::Nack(kind) => kind.nack_reason(),
+            Refusal::Unauthorized => "unauthorized",
+            Refusal::IpLimit => "ip_limit",
+        }
+    }
+}
+
 /// Why an upgrade was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpgradeRefusal {
-    /// `rate_limited` or `ip_limit`.
-    pub reason: &'static str,
+    /// [`Refusal::IpLimit`] or [`Refusal::Nack`] of `RateLimited`.
+    pub reason: Refusal,
     /// Human-readable.
     pub message: String,
     /// Seconds until a retry can succeed (for `Retry-After`).
@@ -125,7 +149,7 @@ impl<'a> ConnectionGate<'a> {
         );
         if open_from_ip >= self.limits.max_connections_per_ip {
             return Err(UpgradeRefusal {
-                reason: "ip_limit",
+                reason: Refusal::IpLimit,
                 message: format!(
                     "this address already has {open_from_ip} open connections; at most {} are allowed (rateLimit.maxConnectionsPerIp)",
                     self.limits.max_connections_per_ip
@@ -139,7 +163,7 @@ impl<'a> ConnectionGate<'a> {
         match bucket.take(capacity, rate, now) {
             Ok(_) => Ok(()),
             Err(t) => Err(UpgradeRefusal {
-                reason: "rate_limited",
+                reason: Refusal::Nack(ErrorKind::RateLimited),
                 message: format!(
                     "too many new connections; at most {rate} per second with bursts of {capacity} (rateLimit.connectionsPerSecond, rateLimit.burstCapacity)"
                 ),

@@ -36,13 +36,13 @@ fn upgrades_are_limited_by_rate_burst_and_ip() {
     let gate = ConnectionGate::new(&l);
     let mut bucket = TokenBucket::full(l.burst_capacity, 0);
     let refusal = gate.admit(&mut bucket, 2, 0).unwrap_err();
-    assert_eq!(refusal.reason, "ip_limit");
+    assert_eq!(refusal.reason.as_str(), "ip_limit");
     assert!(refusal.message.contains("maxConnectionsPerIp"));
     for _ in 0..3 {
         gate.admit(&mut bucket, 0, 0).unwrap();
     }
     let refusal = gate.admit(&mut bucket, 0, 0).unwrap_err();
-    assert_eq!(refusal.reason, "rate_limited");
+    assert_eq!(refusal.reason.as_str(), "rate_limited");
     assert_eq!(refusal.retry_after_s, 1);
     assert_eq!(refusal.limit, 3);
     assert_eq!(refusal.remaining, 0);
