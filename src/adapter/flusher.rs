@@ -2,6 +2,7 @@
 //! over the SQLite buffer and R2, records the outcome, and keeps the alarm
 //! where the schedule wants it.
 
+use crate::config::DoLakeConfig;
 use crate::error::{Error, Result};
 use crate::flush::maintenance;
 use std::collections::{BTreeMap, HashMap};
@@ -10,7 +11,7 @@ use roaring::RoaringBitmap;
 
 use crate::flush::ports::{Buffer, IndexStatus, RowIndex};
 use crate::flush::procedure::{self, Env, Settings};
-use crate::flush::{BufferedBatch, FlushSchedule, FlushTrigger, LoadedBatch};
+use crate::flush::{BufferedBatch, FlushHistory, FlushSchedule, FlushTrigger, LoadedBatch};
 use crate::intake::BufferTotals;
 use crate::lake::current::{IndexChange, RowLoc};
 use crate::lake::CommitIds;
@@ -161,13 +162,7 @@ impl DoLake {
         };
         let outcome = match (&config, &self.epoch, &self.lake) {
             (Some(config), Ok(epoch), Ok(lake)) => {
-                let settings = Settings {
-                    config,
-                    epoch,
-                    step_budget_bytes: STEP_BUDGET_BYTES,
-                    target_file_bytes: TARGET_FILE_BYTES,
-                    time_budget_ms: self.time_budget_ms(),
-                };
+                let settings = self.settings(config, epoch);
                 let port = BufferPort(self);
                 procedure::run(&port, lake, &port, &RuntimeEnv, &settings).await
             }
@@ -177,19 +172,7 @@ impl DoLake {
         };
         let end = now_ms();
         let result = outcome.to_result((end - start).max(0) as u64, used_fallback);
-        {
-            let mut history = self.history.borrow_mut();
-            history.record(start, end, &outcome);
-            if let Some(store) = &self.store {
-                if let Err(e) = store.save_history(&history) {
-                    log(
-                        "warn",
-                        "history_save_failed",
-                        serde_json::json!({"error": e.message()}),
-                    );
-                }
-            }
-        }
+        self.record_history(|history| history.record(start, end, &outcome));
         if let Ok(totals) = BufferPort(self).totals() {
             if let Core::Ready(session) = &mut *self.core.borrow_mut() {
                 session.intake_mut().set_buffer(totals);
@@ -198,39 +181,7 @@ impl DoLake {
         if let Core::Ready(session) = &mut *self.core.borrow_mut() {
             session.intake_mut().set_lake_failing(!result.success);
         }
-        for (table, n) in &outcome.overflow {
-            log(
-                "warn",
-                "type_conflicts",
-                serde_json::json!({"table": table, "overflowValues": n}),
-            );
-        }
-        if outcome.events_rejected > 0 {
-            log(
-                "error",
-                "events_dead_lettered",
-                serde_json::json!({"events": outcome.events_rejected, "table": crate::lake::REJECTED_TABLE, "unwritableTables": outcome.unwritable_tables}),
-            );
-        }
-        log(
-            if result.success { "info" } else { "error" },
-            if result.success {
-                "flushed"
-            } else {
-                "flush_failed"
-            },
-            serde_json::json!({
-                "trigger": trigger.as_str(),
-                "batches": result.batches_flushed,
-                "events": result.events_flushed,
-                "rejected": result.events_rejected,
-                "bytes": result.bytes_written,
-                "files": result.paths.len(),
-                "durationMs": result.duration_ms,
-                "complete": result.complete,
-                "error": result.error,
-            }),
-        );
+        log_flush(trigger, &outcome, &result);
         *self.last_result.borrow_mut() = Some(result.clone());
         self.flushes_done.set(self.flushes_done.get() + 1);
         self.flush_running.set(false);
@@ -240,6 +191,29 @@ impl DoLake {
         // A flush cut by its time budget goes on from the alarm at once.
         self.rearm().await;
         result
+    }
+
+    /// Changes the flush history and stores it.
+    fn record_history(&self, change: impl FnOnce(&mut FlushHistory)) {
+        let mut history = self.history.borrow_mut();
+        change(&mut history);
+        if let Some(Err(e)) = self.store.as_ref().map(|s| s.save_history(&history)) {
+            log(
+                "warn",
+                "history_save_failed",
+                serde_json::json!({"error": e.message()}),
+            );
+        }
+    }
+
+    fn settings<'a>(&self, config: &'a DoLakeConfig, epoch: &'a str) -> Settings<'a> {
+        Settings {
+            config,
+            epoch,
+            step_budget_bytes: STEP_BUDGET_BYTES,
+            target_file_bytes: TARGET_FILE_BYTES,
+            time_budget_ms: self.time_budget_ms(),
+        }
     }
 
     fn time_budget_ms(&self) -> i64 {
@@ -315,45 +289,18 @@ impl DoLake {
         };
         self.flush_running.set(true);
         let start = now_ms();
-        let settings = Settings {
-            config: &config,
-            epoch,
-            step_budget_bytes: STEP_BUDGET_BYTES,
-            target_file_bytes: TARGET_FILE_BYTES,
-            time_budget_ms: self.time_budget_ms(),
-        };
+        let settings = self.settings(&config, epoch);
         let mut policy = maintenance::Policy::from_config(&config.maintenance);
         policy.scan_orphans =
             trigger == "request" || self.history.borrow().maintenance.orphan_scan_due(start);
         let port = BufferPort(self);
         let report = maintenance::run(lake, &port, &RuntimeEnv, &settings, &policy, &tables).await;
         let end = now_ms();
-        {
-            let mut history = self.history.borrow_mut();
-            history
-                .maintenance
-                .record(start, end, &report, policy.scan_orphans);
-            if let Some(store) = &self.store {
-                if let Err(e) = store.save_history(&history) {
-                    log(
-                        "warn",
-                        "history_save_failed",
-                        serde_json::json!({"error": e.message()}),
-                    );
-                }
-            }
-        }
-        for (table, r) in &report.tables {
-            log(
-                if r.error.is_none() { "info" } else { "error" },
-                if r.error.is_none() {
-                    "maintained"
-                } else {
-                    "maintenance_failed"
-                },
-                serde_json::json!({"trigger": trigger, "table": table, "report": r}),
-            );
-        }
+        self.record_history(|history| {
+            let scanned = policy.scan_orphans;
+            history.maintenance.record(start, end, &report, scanned);
+        });
+        log_maintenance(trigger, &report);
         self.flushes_done.set(self.flushes_done.get() + 1);
         self.flush_running.set(false);
         self.rearm().await;
@@ -409,6 +356,58 @@ impl DoLake {
                 serde_json::json!({"error": e.to_string()}),
             ),
         }
+    }
+}
+
+/// The log lines of a flush: type conflicts, dead letters, the result.
+fn log_flush(trigger: FlushTrigger, outcome: &procedure::Outcome, result: &FlushResult) {
+    for (table, n) in &outcome.overflow {
+        log(
+            "warn",
+            "type_conflicts",
+            serde_json::json!({"table": table, "overflowValues": n}),
+        );
+    }
+    if outcome.events_rejected > 0 {
+        log(
+            "error",
+            "events_dead_lettered",
+            serde_json::json!({"events": outcome.events_rejected, "table": crate::lake::REJECTED_TABLE, "unwritableTables": outcome.unwritable_tables}),
+        );
+    }
+    log(
+        if result.success { "info" } else { "error" },
+        if result.success {
+            "flushed"
+        } else {
+            "flush_failed"
+        },
+        serde_json::json!({
+            "trigger": trigger.as_str(),
+            "batches": result.batches_flushed,
+            "events": result.events_flushed,
+            "rejected": result.events_rejected,
+            "bytes": result.bytes_written,
+            "files": result.paths.len(),
+            "durationMs": result.duration_ms,
+            "complete": result.complete,
+            "error": result.error,
+        }),
+    );
+}
+
+/// One log line per table a maintenance run went through.
+fn log_maintenance(trigger: &str, report: &maintenance::Report) {
+    for (table, r) in &report.tables {
+        log(
+            if r.error.is_none() { "info" } else { "error" },
+            if r.error.is_none() {
+                "maintained"
+            } else {
+                "maintenance_failed"
+            },
+            serde_json::json!({"trigger": trigger, "table": table, "report": r}),
+        );
     }
 }
 

@@ -28,16 +28,16 @@ pub(crate) fn setting(env: &Env, name: &str) -> Option<String> {
         .filter(|v| !v.is_empty())
 }
 
-/// The 401 of the Worker and of the object (same body as always).
-pub(crate) fn unauthorized_response() -> Result<Response> {
-    let mut res = json_response(
-        &serde_json::json!({
-            "error": "missing or wrong `Authorization: Bearer <token>`",
-            "kind": "unauthorized",
-            "status": 401,
-        }),
-        401,
-    )?;
+/// The 401 of the Worker and of the object: the REST catalog's error shape
+/// on catalog paths (engines' clients read it), DoLake's elsewhere.
+pub(crate) fn unauthorized_response(path: &str) -> Result<Response> {
+    let message = "missing or wrong `Authorization: Bearer <token>`";
+    let body = if crate::catalog::is_catalog_path(path) {
+        serde_json::json!({"error": {"message": message, "type": "NotAuthorizedException", "code": 401}})
+    } else {
+        serde_json::json!({"error": message, "kind": "unauthorized", "status": 401})
+    };
+    let mut res = json_response(&body, 401)?;
     res.headers_mut()
         .set("WWW-Authenticate", "Bearer realm=\"dolake\"")?;
     Ok(res)
@@ -86,18 +86,7 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
                     serde_json::json!({"path": path, "scope": "worker"}),
                 );
             }
-            if crate::catalog::is_catalog_path(&path) {
-                // The REST catalog's error shape, for engines' clients.
-                return json_response(
-                    &serde_json::json!({"error": {
-                        "message": "missing or wrong `Authorization: Bearer <token>`",
-                        "type": "NotAuthorizedException",
-                        "code": 401,
-                    }}),
-                    401,
-                );
-            }
-            unauthorized_response()
+            unauthorized_response(&path)
         }
         FrontDoor::BadTable(e) => json_response(&e.to_json(), e.kind().http_status()),
         FrontDoor::NotFound => json_response(

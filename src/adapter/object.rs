@@ -186,19 +186,7 @@ impl DurableObject for DoLake {
                 serde_json::json!({"message": "DOLAKE_AUTH_TOKEN is not set: WebSocket upgrades and HTTP endpoints are open to anyone who can reach this worker"}),
             );
         }
-        let base_path = match &core {
-            Core::Ready(session) => session.config().r2_base_path.clone(),
-            Core::Failed(_) => String::new(),
-        };
-        let lake = env
-            .bucket("LAKEHOUSE_BUCKET")
-            .map(|bucket| Lake::new(bucket, &base_path))
-            .map_err(|e| {
-                Error::new(
-                    ErrorKind::Lake,
-                    format!("the R2 binding LAKEHOUSE_BUCKET is missing: {e}"),
-                )
-            });
+        let lake = open_lake(&env, &core);
         if matches!(&core, Core::Ready(s) if s.intake().buffer().batches > 0) {
             alarm_for_buffered(&state);
         }
@@ -269,7 +257,7 @@ impl DurableObject for DoLake {
                     "unauthorized",
                     serde_json::json!({"path": path, "scope": "instance"}),
                 );
-                return super::unauthorized_response();
+                return super::unauthorized_response(&path);
             }
         }
         if crate::catalog::is_catalog_path(&path) {
@@ -336,6 +324,20 @@ impl DurableObject for DoLake {
         );
         Ok(())
     }
+}
+
+/// The R2 bucket under the configured base path.
+fn open_lake(env: &Env, core: &Core) -> std::result::Result<Lake, Error> {
+    let base_path = match core {
+        Core::Ready(session) => session.config().r2_base_path.as_str(),
+        Core::Failed(_) => "",
+    };
+    env.bucket("LAKEHOUSE_BUCKET")
+        .map(|bucket| Lake::new(bucket, base_path))
+        .map_err(|e| {
+            let message = format!("the R2 binding LAKEHOUSE_BUCKET is missing: {e}");
+            Error::new(ErrorKind::Lake, message)
+        })
 }
 
 /// Whatever is buffered must have an alarm, even if the process died
