@@ -6,55 +6,21 @@
 // the ratio, and the CPU of the client and of the server (node + workerd
 // process group, from /proc).
 // Usage: node tests/bench/intake_baseline.mjs [--rounds N] [--seconds S] [--cells 1x100,10x1000]
-import { readdirSync, readFileSync, mkdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { spawn, execFileSync } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { removeDir, startDoLake, tempStateDir } from '../e2e/harness.mjs';
+import { CONFIG, groupCpu, runLoadgen } from './intake_common.mjs';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const arg = (name, dflt) => (process.argv.includes(name) ? process.argv[process.argv.indexOf(name) + 1] : dflt);
 const rounds = Number(arg('--rounds', '3'));
 const seconds = Number(arg('--seconds', '6'));
 const cells = arg('--cells', '1x100,1x1000,10x100,10x1000,50x100,50x1000').split(',').map((c) => c.split('x').map(Number));
-const loadgen = path.join(root, 'target/release/dolake-loadgen');
 const outDir = path.join(root, 'target/bench');
 mkdirSync(outDir, { recursive: true });
-
-const CONFIG = {
-  flushThresholdEvents: 1_000_000_000, flushThresholdMs: 3_600_000, flushIntervalMs: 3_600_000,
-  maxBufferSize: 2 * 1024 * 1024 * 1024, flushThresholdBytes: 2 * 1024 * 1024 * 1024,
-  rateLimit: { maxConnectionsPerIp: 1000, messagesPerSecond: 1_000_000, burstCapacity: 1_000_000, connectionsPerSecond: 1000 },
-  maintenance: { enabled: false },
-};
-
-/** CPU seconds (user + system) of every process in process group `pgid`. */
-function groupCpu(pgid) {
-  let ticks = 0;
-  for (const pid of readdirSync('/proc').filter((d) => /^\d+$/.test(d))) {
-    let stat;
-    try { stat = readFileSync(`/proc/${pid}/stat`, 'utf8'); } catch { continue; }
-    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    if (Number(f[2]) === pgid) ticks += Number(f[11]) + Number(f[12]);
-  }
-  return ticks / 100;
-}
-
-function runLoadgen(url, shards, batchSize) {
-  return new Promise((resolve, reject) => {
-    const out = path.join(os.tmpdir(), `intake-baseline-${process.pid}-${Date.now()}.json`);
-    const child = spawn(loadgen, ['--url', url, '--shards', String(shards), '--duration-s', String(seconds), '--batch-size', String(batchSize),
-      '--row-bytes', '220', '--tables', 'users,orders,items', '--seed', '7', '--heartbeat-ms', '0', '--quiet', '--out', out], { stdio: ['ignore', 'ignore', 'pipe'] });
-    let err = '';
-    child.stderr.on('data', (d) => { err += d; });
-    const timer = setTimeout(() => child.kill('SIGKILL'), (seconds + 120) * 1000);
-    child.on('exit', (code) => {
-      clearTimeout(timer);
-      try { resolve(JSON.parse(readFileSync(out, 'utf8'))); } catch { reject(new Error(`loadgen exited ${code}: ${err.slice(-2000)}`)); }
-    });
-  });
-}
 
 async function measure(target, shards, batchSize) {
   const stateDir = tempStateDir();
@@ -62,7 +28,7 @@ async function measure(target, shards, batchSize) {
   const server = await startDoLake({ stateDir, config: CONFIG, extraEnv, logLevel: 'error' });
   try {
     const cpu0 = groupCpu(server.pid);
-    const r = await runLoadgen(server.wsUrl, shards, batchSize);
+    const r = await runLoadgen(server.wsUrl, shards, batchSize, seconds);
     const serverCpu = groupCpu(server.pid) - cpu0;
     if (r.eventsAcked !== r.eventsSent) throw new Error(`${target} ${shards}x${batchSize}: ${r.eventsAcked} of ${r.eventsSent} acked; nacks ${JSON.stringify(r.nacksByReason)}`);
     return { eventsPerSecond: r.eventsPerSecond, p99: r.ackLatencyMs.p99, serverCores: serverCpu / r.elapsedSeconds, clientCores: (r.clientCpuSeconds ?? NaN) / r.elapsedSeconds };

@@ -31,11 +31,14 @@ const dolake = {
   bindings,
   durableObjects: { DOLAKE: { className: baseline ? 'Baseline' : 'DoLake', useSQLite: true } },
   r2Buckets: ['LAKEHOUSE_BUCKET'],
+  // INSPECTOR_PORT (benchmarks only): the V8 inspector of DoLake's isolate.
+  ...(process.env.INSPECTOR_PORT ? { unsafeInspectorProxy: true } : {}),
 };
 const shared = {
   cf: false,
   host: '127.0.0.1',
   port: Number(process.env.PORT ?? 0),
+  ...(process.env.INSPECTOR_PORT ? { inspectorPort: Number(process.env.INSPECTOR_PORT) } : {}),
   durableObjectsPersist: path.join(stateDir, 'do'),
   r2Persist: path.join(stateDir, 'r2'),
 };

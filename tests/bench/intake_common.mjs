@@ -1,0 +1,46 @@
+// Shared by the intake benchmarks (intake_baseline.mjs, intake_profile.mjs):
+// the configuration that holds flushes off, the load generator run, and the
+// CPU of a process group.
+import { readdirSync, readFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { spawn } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+const loadgen = path.join(root, 'target/release/dolake-loadgen');
+
+export const CONFIG = {
+  flushThresholdEvents: 1_000_000_000, flushThresholdMs: 3_600_000, flushIntervalMs: 3_600_000,
+  maxBufferSize: 2 * 1024 * 1024 * 1024, flushThresholdBytes: 2 * 1024 * 1024 * 1024,
+  rateLimit: { maxConnectionsPerIp: 1000, messagesPerSecond: 1_000_000, burstCapacity: 1_000_000, connectionsPerSecond: 1000 },
+  maintenance: { enabled: false },
+};
+
+/** CPU seconds (user + system) of every process in process group `pgid`. */
+export function groupCpu(pgid) {
+  let ticks = 0;
+  for (const pid of readdirSync('/proc').filter((d) => /^\d+$/.test(d))) {
+    let stat;
+    try { stat = readFileSync(`/proc/${pid}/stat`, 'utf8'); } catch { continue; }
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    if (Number(f[2]) === pgid) ticks += Number(f[11]) + Number(f[12]);
+  }
+  return ticks / 100;
+}
+
+export function runLoadgen(url, shards, batchSize, seconds) {
+  return new Promise((resolve, reject) => {
+    const out = path.join(os.tmpdir(), `intake-baseline-${process.pid}-${Date.now()}.json`);
+    const child = spawn(loadgen, ['--url', url, '--shards', String(shards), '--duration-s', String(seconds), '--batch-size', String(batchSize),
+      '--row-bytes', '220', '--tables', 'users,orders,items', '--seed', '7', '--heartbeat-ms', '0', '--quiet', '--out', out], { stdio: ['ignore', 'ignore', 'pipe'] });
+    let err = '';
+    child.stderr.on('data', (d) => { err += d; });
+    const timer = setTimeout(() => child.kill('SIGKILL'), (seconds + 120) * 1000);
+    child.on('exit', (code) => {
+      clearTimeout(timer);
+      try { resolve(JSON.parse(readFileSync(out, 'utf8'))); } catch { reject(new Error(`loadgen exited ${code}: ${err.slice(-2000)}`)); }
+    });
+  });
+}
+

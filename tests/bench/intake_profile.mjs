@@ -1,0 +1,131 @@
+// A CPU profile of DoLake's intake in workerd (issue 12): the load generator
+// streams one cell (flushes held off, as in intake_baseline.mjs) while the V8
+// inspector of DoLake's isolate samples it. Prints where the isolate's time
+// goes: self time by function, and the share of samples under each stage of
+// the intake path (a stage counts a sample when it is anywhere on the stack).
+// The WASM needs its name section: run after `make build-test` (no wasm-opt).
+// Writes target/bench/intake_profile.{md,cpuprofile} (the latter opens in
+// Chrome DevTools).
+// Usage: node tests/bench/intake_profile.mjs [--seconds S] [--cell 10x100] [--top N]
+import { mkdirSync, writeFileSync } from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { execFileSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { removeDir, startDoLake, tempStateDir, withTimeout } from '../e2e/harness.mjs';
+import { CONFIG, runLoadgen } from './intake_common.mjs';
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+const arg = (name, dflt) => (process.argv.includes(name) ? process.argv[process.argv.indexOf(name) + 1] : dflt);
+const seconds = Number(arg('--seconds', '8'));
+const [shards, batchSize] = arg('--cell', '10x100').split('x').map(Number);
+const top = Number(arg('--top', '30'));
+const outDir = path.join(root, 'target/bench');
+mkdirSync(outDir, { recursive: true });
+
+// Stages of the intake path, by the functions that do them (Rust symbols in
+// the WASM name section, or the runtime's own JavaScript).
+const STAGES = [
+  ['websocket_message (whole handler)', /DurableObject.*websocket_message|websocket_message/],
+  ['session pipeline (Session::on_frame)', /Session.*on_frame/],
+  ['decode (decode_client_message)', /decode_client_message|decode_batch_fast/],
+  ['intake admit (dedup, plan, payload)', /Intake.*admit/],
+  ['store the batch (Store::write_plan)', /Store.*write_plan/],
+  ['  SQLite statements (sql exec)', /SqlStorage.*exec|sql.*exec|^exec$/],
+  ['attachment read', /deserialize_attachment|deserializeAttachment/],
+  ['attachment write', /serialize_attachment|serializeAttachment/],
+  ['ack encode and send', /to_json|send_with_str|^send$/],
+  ['ensure_alarm', /ensure_alarm/],
+  ['garbage collector', /^\(garbage collector\)$/],
+];
+
+const freePort = () => new Promise((resolve) => {
+  const s = net.createServer();
+  s.listen(0, '127.0.0.1', () => { const { port } = s.address(); s.close(() => resolve(port)); });
+});
+
+/** A minimal Chrome DevTools Protocol client over the inspector's WebSocket. */
+async function cdp(url) {
+  const ws = new WebSocket(url);
+  await withTimeout(new Promise((resolve, reject) => { ws.onopen = resolve; ws.onerror = reject; }), 10_000, 'inspector connect');
+  let next = 0;
+  const pending = new Map();
+  ws.onmessage = (ev) => {
+    const m = JSON.parse(ev.data);
+    const p = pending.get(m.id);
+    if (p) { pending.delete(m.id); if (m.error) p.reject(new Error(JSON.stringify(m.error))); else p.resolve(m.result); }
+  };
+  const send = (method, params = {}) => {
+    const id = ++next;
+    const answer = new Promise((resolve, reject) => pending.set(id, { resolve, reject }));
+    ws.send(JSON.stringify({ id, method, params }));
+    return withTimeout(answer, 60_000, method);
+  };
+  return { send, close: () => ws.close() };
+}
+
+function analyse(profile) {
+  const byId = new Map(profile.nodes.map((n) => [n.id, n]));
+  const parent = new Map();
+  for (const n of profile.nodes) for (const c of n.children ?? []) parent.set(c, n.id);
+  const name = (n) => n.callFrame.functionName || `(anonymous ${path.basename(n.callFrame.url || '?')})`;
+  const total = profile.samples.length;
+  const self = new Map();
+  const stage = new Map(STAGES.map(([label]) => [label, 0]));
+  let idle = 0;
+  for (const id of profile.samples) {
+    const leaf = byId.get(id);
+    const leafName = name(leaf);
+    if (leafName === '(idle)') { idle++; continue; }
+    self.set(leafName, (self.get(leafName) ?? 0) + 1);
+    const stack = [];
+    for (let at = id; at !== undefined; at = parent.get(at)) stack.push(name(byId.get(at)));
+    for (const [label, re] of STAGES) if (stack.some((f) => re.test(f))) stage.set(label, stage.get(label) + 1);
+  }
+  const busy = total - idle;
+  const pct = (n) => (busy ? (100 * n) / busy : 0).toFixed(1);
+  const selfRows = [...self.entries()].sort((a, b) => b[1] - a[1]).slice(0, top)
+    .map(([f, n]) => `| ${pct(n)} | \`${f.replace(/\|/g, '\\|').slice(0, 140)}\` |`);
+  const stageRows = [...stage.entries()].map(([label, n]) => `| ${label} | ${pct(n)} |`);
+  return { total, idle, busy, selfRows, stageRows };
+}
+
+const port = await freePort();
+const stateDir = tempStateDir();
+const server = await startDoLake({ stateDir, config: CONFIG, extraEnv: { INSPECTOR_PORT: String(port) }, logLevel: 'error' });
+let report;
+try {
+  const targets = await withTimeout(fetch(`http://127.0.0.1:${port}/json`).then((r) => r.json()), 10_000, 'inspector targets');
+  const target = targets.find((t) => /dolake/.test(t.id ?? '') || /dolake/.test(t.title ?? '') || /dolake/.test(t.webSocketDebuggerUrl ?? '')) ?? targets[0];
+  if (!target) throw new Error(`no inspector target: ${JSON.stringify(targets)}`);
+  const inspector = await cdp(target.webSocketDebuggerUrl.replace('localhost', '127.0.0.1'));
+  await inspector.send('Profiler.enable');
+  await inspector.send('Profiler.setSamplingInterval', { interval: 250 });
+  await inspector.send('Profiler.start');
+  const run = await runLoadgen(server.wsUrl, shards, batchSize, seconds);
+  const { profile } = await inspector.send('Profiler.stop');
+  inspector.close();
+  writeFileSync(path.join(outDir, 'intake_profile.cpuprofile'), JSON.stringify(profile));
+  report = { run, ...analyse(profile) };
+} finally {
+  await server.stop();
+  removeDir(stateDir);
+}
+
+const machine = `${os.cpus().length} cores (${os.cpus()[0]?.model ?? 'unknown'})`;
+const commit = execFileSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: root }).toString().trim();
+const md = [
+  `machine: ${machine}; commit ${commit}; cell ${shards}x${batchSize} for ${seconds} s: ${Math.round(report.run.eventsPerSecond)} events/s acked (${report.run.eventsAcked} events; profiling slows it)`,
+  `samples: ${report.total} (every 250 us), idle ${report.idle}, busy ${report.busy}; shares below are of busy samples`,
+  '',
+  '| stage (anywhere on the stack) | % of busy |',
+  '|---|---|',
+  ...report.stageRows,
+  '',
+  `| % self | function (top ${top}) |`,
+  '|---|---|',
+  ...report.selfRows,
+].join('\n');
+writeFileSync(path.join(outDir, 'intake_profile.md'), md + '\n');
+console.log(`${md}\n\nwritten: target/bench/intake_profile.md, target/bench/intake_profile.cpuprofile`);
