@@ -193,6 +193,7 @@ fn protocol_shapes_match_the_golden_file_the_typescript_types_are_checked_agains
         is_retry: true,
         retry_count: 2,
         message_type: None,
+        received: None,
     };
     let batch_min = CdcBatchMessage {
         timestamp: None,

@@ -20,12 +20,13 @@ mod seqset;
 mod source;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use xxhash_rust::xxh3::Xxh3;
 
 use crate::config::DoLakeConfig;
 use crate::error::{Error, ErrorKind};
 use crate::protocol::{
-    AckDetails, AckMessage, AckStatus, BufferSnapshot, CdcBatchMessage, NackMessage, ServerMessage,
-    ServiceState, StatusMessage,
+    AckDetails, AckMessage, AckStatus, BufferSnapshot, CdcBatchMessage, CdcEvent, NackMessage,
+    ServerMessage, ServiceState, StatusMessage,
 };
 
 pub use seqset::SeqSet;
@@ -54,11 +55,107 @@ pub const SOURCE_RETENTION_MS: i64 = 30 * 86_400_000;
 /// events, to tell a resend from a reused `sequenceNumber`.
 pub const FINGERPRINT_WINDOW: usize = 64;
 
-/// FNV-1a (64 bits) of the stored events: stable across builds and targets.
-fn fingerprint(payload: &str) -> u64 {
+/// The fingerprint of a batch's events: XXH3 (64 bits) of their decoded
+/// content, so the same events sent as other text (key order, spacing) have
+/// the same print; stable across builds and targets (it is stored).
+fn fingerprint(events: &[CdcEvent]) -> u64 {
+    let mut h = Xxh3::new();
+    for e in events {
+        h.update(&e.sequence.to_le_bytes());
+        h.update(&e.timestamp.to_le_bytes());
+        hash_str(&mut h, e.operation.as_str());
+        hash_str(&mut h, &e.table);
+        hash_str(&mut h, &e.row_id);
+        for image in [&e.before, &e.after] {
+            match image {
+                None => h.update(b"-"),
+                Some(map) => hash_object(&mut h, map),
+            }
+        }
+        match &e.metadata {
+            None => h.update(b"-"),
+            Some(v) => hash_value(&mut h, v),
+        }
+    }
+    h.digest()
+}
+
+fn hash_str(h: &mut Xxh3, s: &str) {
+    h.update(&(s.len() as u64).to_le_bytes());
+    h.update(s.as_bytes());
+}
+
+fn hash_object(h: &mut Xxh3, map: &serde_json::Map<String, serde_json::Value>) {
+    h.update(b"o");
+    h.update(&(map.len() as u64).to_le_bytes());
+    // serde_json's map is ordered by key: the order of the text plays no part.
+    for (k, v) in map {
+        hash_str(h, k);
+        hash_value(h, v);
+    }
+}
+
+fn hash_value(h: &mut Xxh3, v: &serde_json::Value) {
+    use serde_json::Value;
+    match v {
+        Value::Null => h.update(b"n"),
+        Value::Bool(b) => h.update(if *b { b"t" } else { b"f" }),
+        Value::Number(n) => {
+            if let Some(u) = n.as_u64() {
+                h.update(b"u");
+                h.update(&u.to_le_bytes());
+            } else if let Some(i) = n.as_i64() {
+                h.update(b"i");
+                h.update(&i.to_le_bytes());
+            } else {
+                h.update(b"d");
+                h.update(&n.as_f64().unwrap_or(f64::NAN).to_bits().to_le_bytes());
+            }
+        }
+        Value::String(s) => {
+            h.update(b"s");
+            hash_str(h, s);
+        }
+        Value::Array(items) => {
+            h.update(b"a");
+            h.update(&(items.len() as u64).to_le_bytes());
+            items.iter().for_each(|item| hash_value(h, item));
+        }
+        Value::Object(map) => hash_object(h, map),
+    }
+}
+
+/// The fingerprint of versions before 2026-12: FNV-1a (64 bits) of the
+/// events encoded again. Batches acked by them keep theirs in the window, so
+/// a resend of one is still recognised (computed only when the current print
+/// does not match).
+fn legacy_fingerprint(events: &[CdcEvent]) -> u64 {
+    let Ok((payload, _)) = encode_events(events) else {
+        return 0;
+    };
     payload.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     })
+}
+
+/// The events encoded as a JSON array, with each event's size: the stored
+/// form of a batch that did not come with its text (built in code).
+fn encode_events(events: &[CdcEvent]) -> Result<(String, Vec<usize>), serde_json::Error> {
+    let mut payload: Vec<u8> = Vec::with_capacity(events.len() * 256);
+    let mut sizes = Vec::with_capacity(events.len());
+    payload.push(b'[');
+    for (i, event) in events.iter().enumerate() {
+        if i > 0 {
+            payload.push(b',');
+        }
+        let start = payload.len();
+        serde_json::to_writer(&mut payload, event)?;
+        sizes.push(payload.len() - start);
+    }
+    payload.push(b']');
+    // serde_json writes UTF-8 only.
+    let payload = String::from_utf8(payload).expect("serde_json writes UTF-8");
+    Ok((payload, sizes))
 }
 
 /// Totals of the durable buffer.
@@ -269,7 +366,7 @@ impl Intake {
     /// source's last [`FINGERPRINT_WINDOW`] batches) the same events. Event
     /// `sequence`s play no part: the guide's shard does not persist them, so
     /// they start again at 0 after a restart while batch numbers go on.
-    pub fn admit(&mut self, now: i64, batch: CdcBatchMessage) -> Admission {
+    pub fn admit(&mut self, now: i64, mut batch: CdcBatchMessage) -> Admission {
         self.expire(now);
         let seq = batch.sequence_number;
         let correlation_id = batch.correlation_id.clone();
@@ -312,13 +409,22 @@ impl Intake {
             return self.refuse_batch(now, source, seq, correlation_id, &error, None);
         }
 
-        // The stored form: the events as JSON, in the shard's order. Sized
-        // by what arrived, never by the client's `sizeBytes`.
-        let mut payload: Vec<u8> = Vec::with_capacity(batch.events.len() * 256);
-        payload.push(b'[');
+        // The stored form: the events as JSON, in the shard's order, as
+        // received when the decoder kept the text. Sized by what arrived,
+        // never by the client's `sizeBytes`.
+        let (payload, sizes) = match batch.received.take() {
+            Some(received) => (received.text, received.sizes),
+            None => match encode_events(&batch.events) {
+                Ok(encoded) => encoded,
+                Err(e) => {
+                    let error = Error::internal(format!("cannot encode events: {e}"));
+                    return self.refuse_batch(now, source, seq, correlation_id, &error, None);
+                }
+            },
+        };
         let (mut first, mut last) = (u64::MAX, 0u64);
         let mut tables: Vec<String> = Vec::new();
-        for (i, event) in batch.events.iter().enumerate() {
+        for (i, (event, size)) in batch.events.iter().zip(&sizes).enumerate() {
             if let Err(e) = crate::lake::check_event(
                 &event.table,
                 event.sequence,
@@ -333,23 +439,12 @@ impl Intake {
                 let error = Error::invalid(format!("events[{i}]: {}", e.message()));
                 return self.refuse_batch(now, source, seq, correlation_id, &error, None);
             }
-            if i > 0 {
-                payload.push(b',');
-            }
-            // Encoded straight into the payload (no string per event).
-            let start = payload.len();
-            if let Err(e) = serde_json::to_writer(&mut payload, event) {
-                let error = Error::internal(format!("cannot re-encode event: {e}"));
-                return self.refuse_batch(now, source, seq, correlation_id, &error, None);
-            }
-            let encoded = payload.len() - start;
-            if encoded as u64 > limits.max_event_size {
+            if *size as u64 > limits.max_event_size {
                 let error = Error::new(
                     ErrorKind::EventTooLarge,
                     format!(
-                        "event with sequence {} is {} bytes; at most {} are allowed (rateLimit.maxEventSize)",
+                        "event with sequence {} is {size} bytes; at most {} are allowed (rateLimit.maxEventSize)",
                         event.sequence,
-                        encoded,
                         limits.max_event_size
                     ),
                 );
@@ -362,13 +457,12 @@ impl Intake {
                 tables.insert(i, event.table.clone());
             }
         }
-        payload.push(b']');
-        // serde_json writes UTF-8 only.
-        let payload = String::from_utf8(payload).expect("serde_json writes UTF-8");
-        let fingerprint = fingerprint(&payload);
+        let fingerprint = fingerprint(&batch.events);
 
         if dedup && source.acked_batches.contains(seq) {
-            if source.is_resend(seq, fingerprint) {
+            let resend = source.is_resend(seq, fingerprint)
+                || source.is_resend(seq, legacy_fingerprint(&batch.events));
+            if resend {
                 source.duplicate_batches += 1;
                 source.duplicate_events += batch.events.len() as u64;
                 self.dedup.duplicate_batches += 1;

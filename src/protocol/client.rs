@@ -163,6 +163,87 @@ pub struct CdcBatchMessage {
     /// enclosing message writes its own `type`).
     #[serde(rename = "type", default, skip_serializing)]
     pub message_type: Option<CdcBatchType>,
+    /// The events as they arrived (set by the one-pass decoder, never
+    /// written): intake stores this text as is instead of encoding again.
+    #[serde(skip)]
+    pub received: Option<ReceivedEvents>,
+}
+
+/// A batch's events as received: the array's text (the events' own text,
+/// joined by commas) and each event's size in bytes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReceivedEvents {
+    /// `[e0,e1,...]`, each event exactly as sent.
+    pub text: String,
+    /// Bytes of each event's text, in order.
+    pub sizes: Vec<usize>,
+}
+
+/// A `cdc_batch` with its events left as text: the first step of the
+/// one-pass decoder (the same fields and rules as [`CdcBatchMessage`]).
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct BatchFrame<'a> {
+    #[serde(default)]
+    timestamp: Option<i64>,
+    #[serde(default)]
+    correlation_id: Option<String>,
+    source_do_id: String,
+    #[serde(default)]
+    source_shard_name: Option<String>,
+    #[serde(borrow)]
+    events: Vec<&'a serde_json::value::RawValue>,
+    sequence_number: u64,
+    #[serde(default)]
+    first_event_sequence: Option<u64>,
+    #[serde(default)]
+    last_event_sequence: Option<u64>,
+    #[serde(default)]
+    size_bytes: Option<u64>,
+    #[serde(default)]
+    is_retry: bool,
+    #[serde(default)]
+    retry_count: u32,
+    #[serde(rename = "type")]
+    message_type: CdcBatchType,
+}
+
+impl BatchFrame<'_> {
+    /// Decodes each event from its own text, keeping the text.
+    fn decode(self) -> Option<CdcBatchMessage> {
+        let total: usize = self.events.iter().map(|e| e.get().len() + 1).sum();
+        let mut received = ReceivedEvents {
+            text: String::with_capacity(total + 1),
+            sizes: Vec::with_capacity(self.events.len()),
+        };
+        let mut events = Vec::with_capacity(self.events.len());
+        received.text.push('[');
+        for (i, raw) in self.events.iter().enumerate() {
+            let text = raw.get();
+            events.push(serde_json::from_str::<CdcEvent>(text).ok()?);
+            if i > 0 {
+                received.text.push(',');
+            }
+            received.text.push_str(text);
+            received.sizes.push(text.len());
+        }
+        received.text.push(']');
+        Some(CdcBatchMessage {
+            timestamp: self.timestamp,
+            correlation_id: self.correlation_id,
+            source_do_id: self.source_do_id,
+            source_shard_name: self.source_shard_name,
+            events,
+            sequence_number: self.sequence_number,
+            first_event_sequence: self.first_event_sequence,
+            last_event_sequence: self.last_event_sequence,
+            size_bytes: self.size_bytes,
+            is_retry: self.is_retry,
+            retry_count: self.retry_count,
+            message_type: Some(self.message_type),
+            received: Some(received),
+        })
+    }
 }
 
 /// The `type` of a `cdc_batch`: decodes only from the string `"cdc_batch"`.
@@ -374,14 +455,15 @@ fn decode_general(text: &str) -> Result<ClientMessage, DecodeError> {
     decoded.map_err(fail)
 }
 
-/// The common case in one typed pass: a valid `cdc_batch`, decoded straight
-/// from the text (no `Value` tree converted again). Anything else, including
+/// The common case, typed: a valid `cdc_batch`, decoded straight from the
+/// text (no `Value` tree converted again), each event from its own text,
+/// which the batch keeps (`received`) for intake to store. Anything else, including
 /// every invalid batch, returns `None` and takes the general path, which
 /// gives the precise error; whatever this accepts, that path accepts the same
 /// way (same types, same deserializers; a duplicate key fails here).
 fn decode_batch_fast(text: &str) -> Option<CdcBatchMessage> {
-    let batch: CdcBatchMessage = serde_json::from_str(text).ok()?;
-    batch.message_type?;
+    let frame: BatchFrame<'_> = serde_json::from_str(text).ok()?;
+    let batch = frame.decode()?;
     let ids = [
         Some(&batch.source_do_id),
         batch.source_shard_name.as_ref(),
@@ -631,7 +713,16 @@ mod tests {
                 let general = decode_general(&text);
                 let fast = decode_batch_fast(&text);
                 match (&fast, &general) {
-                    (Some(b), Ok(ClientMessage::CdcBatch(g))) => prop_assert_eq!(b, g),
+                    (Some(b), Ok(ClientMessage::CdcBatch(g))) => {
+                        // The text it keeps is the events as sent, decoding to the same.
+                        let received = b.received.clone().expect("the fast path keeps the text");
+                        let again: Vec<CdcEvent> = serde_json::from_str(&received.text).unwrap();
+                        prop_assert_eq!(&again, &b.events);
+                        prop_assert_eq!(received.sizes.len(), b.events.len());
+                        prop_assert!(text.contains(&received.text[1..received.text.len() - 1]) || b.events.len() > 1);
+                        let b = CdcBatchMessage { received: None, ..b.clone() };
+                        prop_assert_eq!(&b, g)
+                    }
                     (None, Err(_)) => {}
                     (f, g) => prop_assert!(false, "fast {:?} but general {:?}", f.is_some(), g),
                 }
@@ -641,7 +732,9 @@ mod tests {
             fn refuses_whatever_the_general_decoder_refuses(text in "\\{\"type\":\"cdc_batch\",\"sourceDoId\":\"[a-z]{0,3}\",\"sequenceNumber\":[0-9.e-]{1,4},\"events\":\\[(\\{\"sequence\":[0-9]{1,3},\"timestamp\":[0-9]{1,3},\"operation\":\"(INSERT|DELETE|NOPE)\",\"table\":\"[a-z/.]{0,4}\",\"rowId\":(\"[a-z]{0,2}\"|[0-9.]{1,3}|null)(,\"after\":(\\{\\}|\\[\\]|1))?\\},?){0,2}\\](,\"sequenceNumber\":1)?\\}") {
                 let general = decode_general(&text);
                 match (decode_batch_fast(&text), general) {
-                    (Some(b), Ok(ClientMessage::CdcBatch(g))) => prop_assert_eq!(b, g),
+                    (Some(b), Ok(ClientMessage::CdcBatch(g))) => {
+                        prop_assert_eq!(CdcBatchMessage { received: None, ..b }, g)
+                    }
                     (Some(b), g) => prop_assert!(false, "fast accepted {:?}, general said {:?}", b, g),
                     (None, _) => {}
                 }

@@ -13,6 +13,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { execFileSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
+import WebSocket from 'ws';
 import { removeDir, startDoLake, tempStateDir, withTimeout } from '../e2e/harness.mjs';
 import { CONFIG, runLoadgen } from './intake_common.mjs';
 
@@ -47,15 +48,16 @@ const freePort = () => new Promise((resolve) => {
 
 /** A minimal Chrome DevTools Protocol client over the inspector's WebSocket. */
 async function cdp(url) {
-  const ws = new WebSocket(url);
-  await withTimeout(new Promise((resolve, reject) => { ws.onopen = resolve; ws.onerror = reject; }), 10_000, 'inspector connect');
+  // Miniflare's inspector proxy wants an Origin it knows.
+  const ws = new WebSocket(url, { headers: { Origin: 'http://127.0.0.1' } });
+  await withTimeout(new Promise((resolve, reject) => { ws.once('open', resolve); ws.once('error', reject); }), 10_000, 'inspector connect');
   let next = 0;
   const pending = new Map();
-  ws.onmessage = (ev) => {
-    const m = JSON.parse(ev.data);
+  ws.on('message', (data) => {
+    const m = JSON.parse(data.toString());
     const p = pending.get(m.id);
     if (p) { pending.delete(m.id); if (m.error) p.reject(new Error(JSON.stringify(m.error))); else p.resolve(m.result); }
-  };
+  });
   const send = (method, params = {}) => {
     const id = ++next;
     const answer = new Promise((resolve, reject) => pending.set(id, { resolve, reject }));

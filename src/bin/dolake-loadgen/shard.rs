@@ -176,6 +176,7 @@ impl Shard {
                 is_retry: false,
                 retry_count: 0,
                 message_type: None,
+                received: None,
             };
             self.report.batches_sent += 1;
             self.report.events_sent += n;
