@@ -15,7 +15,7 @@ export AR_wasm32_unknown_unknown := llvm-ar
 
 DEV_PORT ?= 8787
 
-.PHONY: setup build build-test dev test test-native test-ts test-readers test-e2e deploy-check lint bench bench-current soak clean
+.PHONY: setup build build-test dev test test-native test-ts test-readers test-e2e deploy-check lint bench bench-current profile soak clean
 
 setup:
 	@bash scripts/setup.sh
@@ -68,6 +68,12 @@ bench: build
 	node tests/bench/run.mjs
 	node tests/bench/intake_baseline.mjs
 	node tests/bench/current_state.mjs
+
+## A CPU profile of intake in workerd (issue 12, see docs/benchmarks.md): the
+## WASM without wasm-opt keeps its function names.
+profile: build-test
+	cargo build --release --bin dolake-loadgen
+	node tests/bench/intake_profile.mjs
 
 ## Current-state tables (issue 11, see docs/benchmarks.md): flush cost against
 ## the change log only, scans with position deletes against compacted, the

@@ -6,7 +6,7 @@
 // The WASM needs its name section: run after `make build-test` (no wasm-opt).
 // Writes target/bench/intake_profile.{md,cpuprofile} (the latter opens in
 // Chrome DevTools).
-// Usage: node tests/bench/intake_profile.mjs [--seconds S] [--cell 10x100] [--top N]
+// `make profile`, or: node tests/bench/intake_profile.mjs [--seconds S] [--cell 10x100] [--top N]
 import { mkdirSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
@@ -28,16 +28,19 @@ mkdirSync(outDir, { recursive: true });
 // Stages of the intake path, by the functions that do them (Rust symbols in
 // the WASM name section, or the runtime's own JavaScript).
 const STAGES = [
-  ['websocket_message (whole handler)', /DurableObject.*websocket_message|websocket_message/],
-  ['session pipeline (Session::on_frame)', /Session.*on_frame/],
-  ['decode (decode_client_message)', /decode_client_message|decode_batch_fast/],
-  ['intake admit (dedup, plan, payload)', /Intake.*admit/],
-  ['store the batch (Store::write_plan)', /Store.*write_plan/],
-  ['  SQLite statements (sql exec)', /SqlStorage.*exec|sql.*exec|^exec$/],
-  ['attachment read', /deserialize_attachment|deserializeAttachment/],
-  ['attachment write', /serialize_attachment|serializeAttachment/],
-  ['ack encode and send', /to_json|send_with_str|^send$/],
-  ['ensure_alarm', /ensure_alarm/],
+  ['webSocketMessage (the whole handler)', /dolake_webSocketMessage|websocket_message/],
+  ['  the frame text into WASM', /__wbindgen_string_get/],
+  ['  attachment read', /deserialize_attachment/],
+  ['  session pipeline (Session::on_frame)', /Session.*on_frame/],
+  ['    decode (decode_client_message)', /decode_client_message/],
+  ['    intake admit (checks, dedup, plan)', /Intake.*admit/],
+  ['      fingerprint', /intake::fingerprint|xxh3/i],
+  ['    store the batch (write_plan)', /write_plan/],
+  ['      SQLite statements (exec)', /SqlStorage.*exec|__wbg_exec/],
+  ['    drop the decoded batch', /drop_in_place<dolake::protocol::client::CdcBatchMessage>/],
+  ['  attachment write', /(?<!de)serialize_attachment/],
+  ['  reply encode and send', /ServerMessage.*to_json|send_with_str/],
+  ['  ensure_alarm', /ensure_alarm/],
   ['garbage collector', /^\(garbage collector\)$/],
 ];
 
