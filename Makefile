@@ -73,7 +73,7 @@ bench: build
 ## WASM without wasm-opt keeps its function names.
 profile: build-test
 	cargo build --release --bin dolake-loadgen
-	node tests/bench/intake_profile.mjs
+	node tests/bench/profile.mjs
 
 ## Current-state tables (issue 11, see docs/benchmarks.md): flush cost against
 ## the change log only, scans with position deletes against compacted, the

@@ -9,12 +9,17 @@
 //!   Iceberg v3 deletion vectors' payload);
 //! - `cs_rows(tbl, key, file, pos)`: where each live row key lies (the file
 //!   by id, so a row costs its key plus two integers);
-//! - `cs_stage_chunks`, `cs_stage_files`: the staged change, applied by
-//!   [`RowIndex::apply_staged`] in one transaction. Its rows are staged as
-//!   JSON arrays `[key, file index, position]` (`[key]` removes the key) in
-//!   chunks of at most [`CHUNK_BYTES`], and applied by SQL over `json_each`:
-//!   a few statements per change, not one per row (each statement crosses
-//!   from WASM into the runtime).
+//! - `cs_stage_rows`, `cs_stage_files`: the staged change, applied by
+//!   [`RowIndex::apply_staged`] in one transaction. Its rows are staged in
+//!   chunks of at most [`CHUNK_BYTES`]: keys to remove as a JSON array of
+//!   strings (`file` NULL), keys placed in one file as a JSON object
+//!   `{key: position}` (`file`: the file's index among the staged files).
+//!   Applied by SQL over `json_each`, whose `key` and `value` columns are
+//!   the row's key and position (no JSON path per row): a few statements per
+//!   change, not one per row (each statement crosses from WASM into the
+//!   runtime), and the file's id looked up once per chunk.
+//! - `cs_stage_chunks`: rows staged by versions before 2026-12 (JSON arrays
+//!   `[key, file index, position]`, `[key]` removes); still applied.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -47,6 +52,12 @@ pub(super) const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS cs_stage_chunks (
         tbl TEXT NOT NULL,
         n INTEGER NOT NULL,
+        data TEXT NOT NULL,
+        PRIMARY KEY (tbl, n)) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS cs_stage_rows (
+        tbl TEXT NOT NULL,
+        n INTEGER NOT NULL,
+        file INTEGER,
         data TEXT NOT NULL,
         PRIMARY KEY (tbl, n)) WITHOUT ROWID",
     "CREATE TABLE IF NOT EXISTS cs_stage_files (
@@ -94,6 +105,52 @@ fn json_chunks(values: impl Iterator<Item = serde_json::Value>) -> Vec<String> {
     out
 }
 
+/// Staged rows in chunks of about [`CHUNK_BYTES`]: `(None, ["k", ...])` for
+/// keys to remove, `(Some(file index), {"k": position, ...})` for keys placed
+/// in that file.
+fn staged_chunks(
+    rows: &[(String, Option<RowLoc>)],
+    file_idx: &HashMap<&str, usize>,
+) -> Result<Vec<(Option<usize>, String)>> {
+    let mut groups: BTreeMap<Option<usize>, Vec<(&str, u32)>> = BTreeMap::new();
+    for (key, loc) in rows {
+        let (file, pos) = match loc {
+            None => (None, 0),
+            Some(l) => {
+                let idx = file_idx.get(l.file.as_str()).ok_or_else(|| {
+                    index_error("staging", format!("row in {} not among the files", l.file))
+                })?;
+                (Some(*idx), l.pos)
+            }
+        };
+        groups.entry(file).or_default().push((key, pos));
+    }
+    let mut out = Vec::new();
+    for (file, rows) in groups {
+        let (open, close) = if file.is_some() { ('{', '}') } else { ('[', ']') };
+        let mut cur = String::from(open);
+        for (key, pos) in rows {
+            if cur.len() > 1 {
+                cur.push(',');
+            }
+            cur.push_str(&serde_json::Value::from(key).to_string());
+            if file.is_some() {
+                cur.push(':');
+                cur.push_str(&pos.to_string());
+            }
+            if cur.len() >= CHUNK_BYTES {
+                cur.push(close);
+                out.push((file, std::mem::replace(&mut cur, String::from(open))));
+            }
+        }
+        if cur.len() > 1 {
+            cur.push(close);
+            out.push((file, cur));
+        }
+    }
+    Ok(out)
+}
+
 fn int(v: &SqlStorageValue) -> Option<i64> {
     match v {
         SqlStorageValue::Integer(i) => Some(*i),
@@ -103,6 +160,44 @@ fn int(v: &SqlStorageValue) -> Option<i64> {
 }
 
 impl Store {
+    /// The statements applying the staged rows of `table`: removals first,
+    /// then placements, one statement per chunk.
+    fn apply_rows_statements(&self, table: &str) -> Result<Vec<Statement>> {
+        let chunks = self.rows(
+            "SELECT n, file FROM cs_stage_rows WHERE tbl = ? ORDER BY file IS NOT NULL, n",
+            vec![table.into()],
+        )?;
+        let mut statements: Vec<Statement> = Vec::with_capacity(chunks.len());
+        for chunk in chunks {
+            let n = chunk.first().and_then(int).unwrap_or(-1);
+            let binds = |extra: Option<i64>| -> Vec<SqlStorageValue> {
+                let mut b: Vec<SqlStorageValue> = vec![table.into(), n.into()];
+                b.extend(extra.map(SqlStorageValue::from));
+                b
+            };
+            match chunk.get(1).and_then(int) {
+                None => statements.push((
+                    "DELETE FROM cs_rows WHERE tbl = ?1 AND key IN (SELECT value FROM json_each(
+                       (SELECT data FROM cs_stage_rows WHERE tbl = ?1 AND n = ?2)))"
+                        .into(),
+                    binds(None),
+                )),
+                Some(file) => statements.push((
+                    "INSERT OR REPLACE INTO cs_rows (tbl, key, file, pos)
+                     SELECT ?1, j.key,
+                       (SELECT f.id FROM cs_stage_files s JOIN cs_files f
+                          ON f.tbl = s.tbl AND f.path = s.path
+                        WHERE s.tbl = ?1 AND s.idx = ?3),
+                       j.value
+                     FROM json_each((SELECT data FROM cs_stage_rows WHERE tbl = ?1 AND n = ?2)) j"
+                        .into(),
+                    binds(Some(file)),
+                )),
+            }
+        }
+        Ok(statements)
+    }
+
     fn rows(
         &self,
         query: &str,
@@ -198,6 +293,7 @@ impl RowIndex for Store {
         let t = || -> Vec<SqlStorageValue> { vec![table.into()] };
         let mut statements: Vec<Statement> = vec![
             ("DELETE FROM cs_stage_chunks WHERE tbl = ?".into(), t()),
+            ("DELETE FROM cs_stage_rows WHERE tbl = ?".into(), t()),
             ("DELETE FROM cs_stage_files WHERE tbl = ?".into(), t()),
         ];
         let mut file_idx: HashMap<&str, usize> = HashMap::new();
@@ -226,22 +322,12 @@ impl RowIndex for Store {
                 vec![table.into(), (idx as i64).into(), path.as_str().into()],
             ));
         }
-        let mut rows = Vec::with_capacity(change.rows.len());
-        for (key, loc) in &change.rows {
-            rows.push(match loc {
-                Some(l) => {
-                    let idx = file_idx.get(l.file.as_str()).ok_or_else(|| {
-                        index_error("staging", format!("row in {} not among the files", l.file))
-                    })?;
-                    serde_json::json!([key, idx, l.pos])
-                }
-                None => serde_json::json!([key]),
-            });
-        }
-        for (n, chunk) in json_chunks(rows.into_iter()).into_iter().enumerate() {
+        let chunks = staged_chunks(&change.rows, &file_idx)?;
+        for (n, (file, chunk)) in chunks.into_iter().enumerate() {
+            let file = file.map_or(SqlStorageValue::Null, |f| (f as i64).into());
             statements.push((
-                "INSERT INTO cs_stage_chunks (tbl, n, data) VALUES (?, ?, ?)".into(),
-                vec![table.into(), (n as i64).into(), chunk.into()],
+                "INSERT INTO cs_stage_rows (tbl, n, file, data) VALUES (?, ?, ?, ?)".into(),
+                vec![table.into(), (n as i64).into(), file, chunk.into()],
             ));
         }
         let positions = match change.positions_id {
@@ -289,8 +375,7 @@ impl RowIndex for Store {
                 t(),
             ),
         ];
-        // One chunk per statement: json_each over one bound row, each of its
-        // elements looked up by primary key.
+        // Rows staged by an earlier version (see the module docs).
         for n in chunks {
             let chunk = || -> Vec<SqlStorageValue> { vec![table.into(), n.into(), table.into()] };
             statements.push((
@@ -313,8 +398,10 @@ impl RowIndex for Store {
                 chunk(),
             ));
         }
+        statements.extend(self.apply_rows_statements(table)?);
         statements.extend([
             ("DELETE FROM cs_stage_chunks WHERE tbl = ?".into(), t()),
+            ("DELETE FROM cs_stage_rows WHERE tbl = ?".into(), t()),
             ("DELETE FROM cs_stage_files WHERE tbl = ?".into(), t()),
             (
                 "UPDATE cs_state SET positions = stage_positions, has_stage = 0,
@@ -330,6 +417,7 @@ impl RowIndex for Store {
         let t = || -> Vec<SqlStorageValue> { vec![table.into()] };
         self.transaction(vec![
             ("DELETE FROM cs_stage_chunks WHERE tbl = ?".into(), t()),
+            ("DELETE FROM cs_stage_rows WHERE tbl = ?".into(), t()),
             ("DELETE FROM cs_stage_files WHERE tbl = ?".into(), t()),
             (
                 "UPDATE cs_state SET has_stage = 0, stage_positions = NULL WHERE tbl = ?".into(),
@@ -344,6 +432,7 @@ impl RowIndex for Store {
             ("DELETE FROM cs_rows WHERE tbl = ?".into(), t()),
             ("DELETE FROM cs_files WHERE tbl = ?".into(), t()),
             ("DELETE FROM cs_stage_chunks WHERE tbl = ?".into(), t()),
+            ("DELETE FROM cs_stage_rows WHERE tbl = ?".into(), t()),
             ("DELETE FROM cs_stage_files WHERE tbl = ?".into(), t()),
             ("DELETE FROM cs_state WHERE tbl = ?".into(), t()),
         ])

@@ -12,7 +12,7 @@ import path from 'node:path';
 import { execFileSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { removeDir, startDoLake, tempStateDir } from '../e2e/harness.mjs';
-import { CONFIG, groupCpu, runLoadgen } from './intake_common.mjs';
+import { CONFIG, groupCpu, runLoadgen } from './common.mjs';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const arg = (name, dflt) => (process.argv.includes(name) ? process.argv[process.argv.indexOf(name) + 1] : dflt);

@@ -1,4 +1,4 @@
-// Shared by the intake benchmarks (intake_baseline.mjs, intake_profile.mjs):
+// Shared by the intake benchmarks (intake_baseline.mjs, profile.mjs):
 // the configuration that holds flushes off, the load generator run, and the
 // CPU of a process group.
 import { readdirSync, readFileSync } from 'node:fs';
@@ -29,14 +29,14 @@ export function groupCpu(pgid) {
   return ticks / 100;
 }
 
-export function runLoadgen(url, shards, batchSize, seconds) {
+/** Runs the load generator with `args`; its JSON report. */
+export function loadgenRun(args, limitSeconds) {
   return new Promise((resolve, reject) => {
-    const out = path.join(os.tmpdir(), `intake-baseline-${process.pid}-${Date.now()}.json`);
-    const child = spawn(loadgen, ['--url', url, '--shards', String(shards), '--duration-s', String(seconds), '--batch-size', String(batchSize),
-      '--row-bytes', '220', '--tables', 'users,orders,items', '--seed', '7', '--heartbeat-ms', '0', '--quiet', '--out', out], { stdio: ['ignore', 'ignore', 'pipe'] });
+    const out = path.join(os.tmpdir(), `loadgen-${process.pid}-${Date.now()}.json`);
+    const child = spawn(loadgen, [...args, '--quiet', '--out', out], { stdio: ['ignore', 'ignore', 'pipe'] });
     let err = '';
     child.stderr.on('data', (d) => { err += d; });
-    const timer = setTimeout(() => child.kill('SIGKILL'), (seconds + 120) * 1000);
+    const timer = setTimeout(() => child.kill('SIGKILL'), limitSeconds * 1000);
     child.on('exit', (code) => {
       clearTimeout(timer);
       try { resolve(JSON.parse(readFileSync(out, 'utf8'))); } catch { reject(new Error(`loadgen exited ${code}: ${err.slice(-2000)}`)); }
@@ -44,3 +44,8 @@ export function runLoadgen(url, shards, batchSize, seconds) {
   });
 }
 
+/** One cell of the intake benches: `shards` x `batchSize`-event batches for `seconds`. */
+export function runLoadgen(url, shards, batchSize, seconds) {
+  return loadgenRun(['--url', url, '--shards', String(shards), '--duration-s', String(seconds), '--batch-size', String(batchSize),
+    '--row-bytes', '220', '--tables', 'users,orders,items', '--seed', '7', '--heartbeat-ms', '0'], seconds + 120);
+}

@@ -1,12 +1,18 @@
-// A CPU profile of DoLake's intake in workerd (issue 12): the load generator
-// streams one cell (flushes held off, as in intake_baseline.mjs) while the V8
-// inspector of DoLake's isolate samples it. Prints where the isolate's time
-// goes: self time by function, and the share of samples under each stage of
-// the intake path (a stage counts a sample when it is anywhere on the stack).
+// CPU profiles of DoLake in workerd (issue 12): the V8 inspector of DoLake's
+// isolate samples it while it works, and the report says where the isolate's
+// time goes: self time by function, time under each of DoLake's functions
+// (inclusive), and for intake the share of samples under each stage of the
+// path (a stage counts a sample when it is anywhere on the stack).
+//   --mode intake (default): the load generator streams one cell (flushes
+//     held off, as in intake_baseline.mjs) while sampling.
+//   --mode flush: EVENTS events are buffered first (4 shards x 1,000-event
+//     batches), then sampled while `POST /lakehouse/flush` and the alarms
+//     after it drain the buffer.
 // The WASM needs its name section: run after `make build-test` (no wasm-opt).
-// Writes target/bench/intake_profile.{md,cpuprofile} (the latter opens in
+// Writes target/bench/profile-<mode>.{md,cpuprofile} (the latter opens in
 // Chrome DevTools).
-// `make profile`, or: node tests/bench/intake_profile.mjs [--seconds S] [--cell 10x100] [--top N]
+// `make profile`, or: node tests/bench/profile.mjs [--mode intake|flush]
+//   [--seconds S] [--cell 10x100] [--events 100000] [--top N]
 import { mkdirSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
@@ -14,14 +20,17 @@ import path from 'node:path';
 import { execFileSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import WebSocket from 'ws';
-import { removeDir, startDoLake, tempStateDir, withTimeout } from '../e2e/harness.mjs';
-import { CONFIG, runLoadgen } from './intake_common.mjs';
+import { getJson, removeDir, startDoLake, tempStateDir, waitFor, withTimeout } from '../e2e/harness.mjs';
+import { CONFIG, loadgenRun, runLoadgen } from './common.mjs';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const arg = (name, dflt) => (process.argv.includes(name) ? process.argv[process.argv.indexOf(name) + 1] : dflt);
 const seconds = Number(arg('--seconds', '8'));
 const [shards, batchSize] = arg('--cell', '10x100').split('x').map(Number);
 const top = Number(arg('--top', '30'));
+const mode = arg('--mode', 'intake');
+const flushEvents = Number(arg('--events', '100000'));
+if (!['intake', 'flush'].includes(mode)) throw new Error(`--mode intake or flush, not ${mode}`);
 const outDir = path.join(root, 'target/bench');
 mkdirSync(outDir, { recursive: true });
 
@@ -78,6 +87,7 @@ function analyse(profile) {
   const total = profile.samples.length;
   const self = new Map();
   const stage = new Map(STAGES.map(([label]) => [label, 0]));
+  const inclusive = new Map();
   let idle = 0;
   for (const id of profile.samples) {
     const leaf = byId.get(id);
@@ -87,20 +97,43 @@ function analyse(profile) {
     const stack = [];
     for (let at = id; at !== undefined; at = parent.get(at)) stack.push(name(byId.get(at)));
     for (const [label, re] of STAGES) if (stack.some((f) => re.test(f))) stage.set(label, stage.get(label) + 1);
+    const ours = new Set(stack.filter((f) => f.includes('dolake::')).map((f) => f.replace(/::h[0-9a-f]{16}$/, '')));
+    for (const f of ours) inclusive.set(f, (inclusive.get(f) ?? 0) + 1);
   }
   const busy = total - idle;
   const pct = (n) => (busy ? (100 * n) / busy : 0).toFixed(1);
   const selfRows = [...self.entries()].sort((a, b) => b[1] - a[1]).slice(0, top)
     .map(([f, n]) => `| ${pct(n)} | \`${f.replace(/\|/g, '\\|').slice(0, 140)}\` |`);
   const stageRows = [...stage.entries()].map(([label, n]) => `| ${label} | ${pct(n)} |`);
-  return { total, idle, busy, selfRows, stageRows };
+  const inclusiveRows = [...inclusive.entries()].sort((a, b) => b[1] - a[1]).slice(0, top)
+    .map(([f, n]) => `| ${pct(n)} | \`${f.replace(/\|/g, '\\|').slice(0, 140)}\` |`);
+  return { total, idle, busy, selfRows, stageRows, inclusiveRows };
+}
+
+/** Buffers `events` events (flushes held off). */
+async function fill(server, events) {
+  const r = await loadgenRun(['--url', server.wsUrl, '--shards', '4', '--batches', String(Math.ceil(events / 4 / 1000)),
+    '--batch-size', '1000', '--row-bytes', '200', '--tables', 'users,orders,items', '--seed', '11', '--heartbeat-ms', '0'], 900);
+  if (r.eventsAcked !== r.eventsSent) throw new Error(`${r.eventsAcked} of ${r.eventsSent} acked`);
+  return r;
+}
+
+/** Flushes until the buffer is empty; seconds taken. */
+async function drain(server) {
+  const start = Date.now();
+  await withTimeout(fetch(`${server.url}/lakehouse/flush`, { method: 'POST' }), 900_000, 'flush');
+  // A status request can wait behind a flush step: waitFor retries.
+  await waitFor(async () => (await getJson(`${server.url}/lakehouse/status`)).body.buffer.eventCount === 0, 900_000, 'the buffer to drain');
+  return (Date.now() - start) / 1000;
 }
 
 const port = await freePort();
 const stateDir = tempStateDir();
 const server = await startDoLake({ stateDir, config: CONFIG, extraEnv: { INSPECTOR_PORT: String(port) }, logLevel: 'error' });
 let report;
+let workload;
 try {
+  const filled = mode === 'flush' ? await fill(server, flushEvents) : null;
   const targets = await withTimeout(fetch(`http://127.0.0.1:${port}/json`).then((r) => r.json()), 10_000, 'inspector targets');
   const target = targets.find((t) => /dolake/.test(t.id ?? '') || /dolake/.test(t.title ?? '') || /dolake/.test(t.webSocketDebuggerUrl ?? '')) ?? targets[0];
   if (!target) throw new Error(`no inspector target: ${JSON.stringify(targets)}`);
@@ -108,11 +141,17 @@ try {
   await inspector.send('Profiler.enable');
   await inspector.send('Profiler.setSamplingInterval', { interval: 250 });
   await inspector.send('Profiler.start');
-  const run = await runLoadgen(server.wsUrl, shards, batchSize, seconds);
+  if (mode === 'flush') {
+    const seconds = await drain(server);
+    workload = `flush of ${filled.eventsAcked} events (4 shards x 1,000-event batches, 200-byte rows, 3 tables) in ${seconds.toFixed(1)} s: ${Math.round(filled.eventsAcked / seconds)} events/s (profiling slows it)`;
+  } else {
+    const run = await runLoadgen(server.wsUrl, shards, batchSize, seconds);
+    workload = `intake, cell ${shards}x${batchSize} for ${seconds} s: ${Math.round(run.eventsPerSecond)} events/s acked (${run.eventsAcked} events; profiling slows it)`;
+  }
   const { profile } = await inspector.send('Profiler.stop');
   inspector.close();
-  writeFileSync(path.join(outDir, 'intake_profile.cpuprofile'), JSON.stringify(profile));
-  report = { run, ...analyse(profile) };
+  writeFileSync(path.join(outDir, `profile-${mode}.cpuprofile`), JSON.stringify(profile));
+  report = analyse(profile);
 } finally {
   await server.stop();
   removeDir(stateDir);
@@ -121,16 +160,17 @@ try {
 const machine = `${os.cpus().length} cores (${os.cpus()[0]?.model ?? 'unknown'})`;
 const commit = execFileSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: root }).toString().trim();
 const md = [
-  `machine: ${machine}; commit ${commit}; cell ${shards}x${batchSize} for ${seconds} s: ${Math.round(report.run.eventsPerSecond)} events/s acked (${report.run.eventsAcked} events; profiling slows it)`,
+  `machine: ${machine}; commit ${commit}; ${workload}`,
   `samples: ${report.total} (every 250 us), idle ${report.idle}, busy ${report.busy}; shares below are of busy samples`,
   '',
-  '| stage (anywhere on the stack) | % of busy |',
+  ...(mode === 'intake' ? ['| stage (anywhere on the stack) | % of busy |', '|---|---|', ...report.stageRows, ''] : []),
+  `| % under it | DoLake function (top ${top}, inclusive) |`,
   '|---|---|',
-  ...report.stageRows,
+  ...report.inclusiveRows,
   '',
   `| % self | function (top ${top}) |`,
   '|---|---|',
   ...report.selfRows,
 ].join('\n');
-writeFileSync(path.join(outDir, 'intake_profile.md'), md + '\n');
-console.log(`${md}\n\nwritten: target/bench/intake_profile.md, target/bench/intake_profile.cpuprofile`);
+writeFileSync(path.join(outDir, `profile-${mode}.md`), md + '\n');
+console.log(`${md}\n\nwritten: target/bench/profile-${mode}.md, target/bench/profile-${mode}.cpuprofile`);
