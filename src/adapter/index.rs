@@ -127,7 +127,11 @@ fn staged_chunks(
     }
     let mut out = Vec::new();
     for (file, rows) in groups {
-        let (open, close) = if file.is_some() { ('{', '}') } else { ('[', ']') };
+        let (open, close) = if file.is_some() {
+            ('{', '}')
+        } else {
+            ('[', ']')
+        };
         let mut cur = String::from(open);
         for (key, pos) in rows {
             if cur.len() > 1 {
@@ -149,6 +153,15 @@ fn staged_chunks(
         }
     }
     Ok(out)
+}
+
+/// A 64-bit integer read as text (`CAST(x AS TEXT)`): exact, unlike a
+/// JavaScript number past 2^53.
+fn exact_int(v: &SqlStorageValue) -> Option<i64> {
+    match v {
+        SqlStorageValue::String(s) => s.parse().ok(),
+        other => int(other),
+    }
 }
 
 fn int(v: &SqlStorageValue) -> Option<i64> {
@@ -228,15 +241,16 @@ impl Store {
 impl RowIndex for Store {
     fn status(&self, table: &str) -> Result<IndexStatus> {
         let rows = self.rows(
-            "SELECT positions, has_stage, stage_positions FROM cs_state WHERE tbl = ?",
+            "SELECT CAST(positions AS TEXT), has_stage, CAST(stage_positions AS TEXT)
+             FROM cs_state WHERE tbl = ?",
             vec![table.into()],
         )?;
         Ok(match rows.first() {
             None => IndexStatus::default(),
             Some(r) => IndexStatus {
-                positions: r.first().and_then(int),
+                positions: r.first().and_then(exact_int),
                 staged: match r.get(1).and_then(int) {
-                    Some(1) => r.get(2).and_then(int),
+                    Some(1) => r.get(2).and_then(exact_int),
                     _ => None,
                 },
             },
@@ -330,8 +344,11 @@ impl RowIndex for Store {
                 vec![table.into(), (n as i64).into(), file, chunk.into()],
             ));
         }
+        // Snapshot ids use all 63 bits: a JavaScript number would round
+        // them, so they cross as text (stored as integers by the column's
+        // affinity, read back as text; see `exact_int`).
         let positions = match change.positions_id {
-            Some(p) => SqlStorageValue::Integer(p),
+            Some(p) => SqlStorageValue::String(p.to_string()),
             None => SqlStorageValue::Null,
         };
         statements.push((
