@@ -67,6 +67,7 @@ bench: build
 	cargo build --release --bin dolake-loadgen
 	node tests/bench/run.mjs
 	node tests/bench/intake_baseline.mjs
+	node tests/bench/flush_growth.mjs
 	node tests/bench/current_state.mjs
 
 ## A CPU profile of intake in workerd (issue 12, see docs/benchmarks.md): the
