@@ -14,7 +14,7 @@ use std::sync::Arc;
 use arrow_array::builder::{
     BooleanBuilder, Float64Builder, Int64Builder, StringBuilder, TimestampMicrosecondBuilder,
 };
-use arrow_array::{ArrayRef, RecordBatch};
+use arrow_array::{Array, ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field as ArrowField, Schema as ArrowSchema, TimeUnit};
 use parquet::arrow::{ArrowWriter, PARQUET_FIELD_ID_META_KEY};
 use parquet::basic::{Compression as Codec, GzipLevel, ZstdLevel};
@@ -106,6 +106,39 @@ pub fn arrow_schema(schema: &Schema) -> Result<(Arc<ArrowSchema>, Vec<usize>)> {
 }
 
 pub(crate) fn properties(s: &ParquetSettings) -> WriterProperties {
+    builder(s).build()
+}
+
+/// Values of a string column sampled to choose its encoding.
+const DICTIONARY_SAMPLE: usize = 256;
+
+/// The properties of a file whose first batch is `first`: dictionary
+/// encoding off for string columns whose sample is mostly distinct values
+/// (row keys, JSON images, free text). The writer would intern every such
+/// value only to fall back to plain encoding past a 1 MiB dictionary, about
+/// the size of a whole file; low-cardinality columns keep their dictionary.
+pub(crate) fn properties_for(s: &ParquetSettings, first: &RecordBatch) -> WriterProperties {
+    let mut b = builder(s);
+    for (field, column) in first.schema().fields().iter().zip(first.columns()) {
+        let Some(strings) = column.as_any().downcast_ref::<arrow_array::StringArray>() else {
+            continue;
+        };
+        let sample = strings.len().min(DICTIONARY_SAMPLE);
+        if sample < 32 {
+            continue;
+        }
+        let distinct: std::collections::HashSet<Option<&str>> = (0..sample)
+            .map(|i| strings.is_valid(i).then(|| strings.value(i)))
+            .collect();
+        if distinct.len() * 2 > sample {
+            let path = parquet::schema::types::ColumnPath::new(vec![field.name().clone()]);
+            b = b.set_column_dictionary_enabled(path, false);
+        }
+    }
+    b.build()
+}
+
+fn builder(s: &ParquetSettings) -> parquet::file::properties::WriterPropertiesBuilder {
     let codec = match s.compression {
         Compression::None => Codec::UNCOMPRESSED,
         Compression::Snappy => Codec::SNAPPY,
@@ -116,7 +149,6 @@ pub(crate) fn properties(s: &ParquetSettings) -> WriterProperties {
         .set_compression(codec)
         .set_max_row_group_row_count(Some(s.row_group_size.max(1)))
         .set_created_by(format!("dolake {}", env!("CARGO_PKG_VERSION")))
-        .build()
 }
 
 enum Builder {
@@ -206,7 +238,6 @@ pub fn write_data_files(
     overflow_counts: &mut BTreeMap<String, u64>,
 ) -> Result<Vec<EncodedFile>> {
     let (arrow, written) = arrow_schema(schema)?;
-    let props = properties(settings);
     let mut files = Vec::new();
     let mut open: Option<OpenFile> = None;
     let mut cells = Vec::with_capacity(schema.fields.len());
@@ -227,8 +258,12 @@ pub fn write_data_files(
         let file = match &mut open {
             Some(f) => f,
             None => open.insert(OpenFile {
-                writer: ArrowWriter::try_new(Vec::new(), arrow.clone(), Some(props.clone()))
-                    .map_err(parquet_error)?,
+                writer: ArrowWriter::try_new(
+                    Vec::new(),
+                    arrow.clone(),
+                    Some(properties_for(settings, &batch)),
+                )
+                .map_err(parquet_error)?,
                 rows: 0,
                 stats: vec![ColumnStats::new(); schema.fields.len()],
             }),
@@ -267,4 +302,67 @@ fn close(f: OpenFile, schema: &Schema, written: &[usize]) -> Result<EncodedFile>
         stats: f.stats,
         column_sizes,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow_array::{Int64Array, StringArray};
+    use parquet::schema::types::ColumnPath;
+
+    fn batch(rows: usize) -> RecordBatch {
+        let schema = Arc::new(ArrowSchema::new(vec![
+            ArrowField::new("key", DataType::Utf8, false),
+            ArrowField::new("op", DataType::Utf8, true),
+            ArrowField::new("n", DataType::Int64, false),
+        ]));
+        let keys: StringArray = (0..rows).map(|i| Some(format!("row-{i}"))).collect();
+        let ops: StringArray = (0..rows)
+            .map(|i| (i % 7 != 0).then_some(["INSERT", "UPDATE", "DELETE"][i % 3]))
+            .collect();
+        let n: Int64Array = (0..rows as i64).collect();
+        RecordBatch::try_new(schema, vec![Arc::new(keys), Arc::new(ops), Arc::new(n)]).unwrap()
+    }
+
+    #[test]
+    fn dictionaries_only_for_string_columns_that_repeat() {
+        let settings = ParquetSettings {
+            compression: Compression::Snappy,
+            row_group_size: 1000,
+            target_file_size: 1 << 20,
+        };
+        let col = |name: &str| ColumnPath::new(vec![name.to_string()]);
+        let props = properties_for(&settings, &batch(1000));
+        assert!(
+            !props.dictionary_enabled(&col("key")),
+            "distinct keys: plain"
+        );
+        assert!(
+            props.dictionary_enabled(&col("op")),
+            "three values: dictionary"
+        );
+        assert!(props.dictionary_enabled(&col("n")), "not a string column");
+        // Too few rows to judge: the writer's default.
+        let props = properties_for(&settings, &batch(10));
+        assert!(props.dictionary_enabled(&col("key")));
+        // Written with those properties, the file reads back the same.
+        let mut w = ArrowWriter::try_new(
+            Vec::new(),
+            batch(1000).schema(),
+            Some(properties_for(&settings, &batch(1000))),
+        )
+        .unwrap();
+        w.write(&batch(1000)).unwrap();
+        let bytes = bytes::Bytes::from(w.into_inner().unwrap());
+        let reader =
+            parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes).unwrap();
+        let chunks = reader.metadata().row_group(0).columns().to_vec();
+        assert!(
+            chunks[0].dictionary_page_offset().is_none(),
+            "key has no dictionary page"
+        );
+        assert!(chunks[1].dictionary_page_offset().is_some(), "op has one");
+        let read: Vec<RecordBatch> = reader.build().unwrap().map(|b| b.unwrap()).collect();
+        assert_eq!(read, vec![batch(1000)]);
+    }
 }
