@@ -18,7 +18,8 @@ use worker::wasm_bindgen::{JsCast, JsValue};
 use worker::{SqlStorage, SqlStorageValue, Storage};
 
 use crate::error::{Error, Result};
-use crate::flush::{parse_payload, BufferedBatch, FlushHistory, LoadedBatch};
+use crate::flush::{BufferedBatch, FlushHistory, LoadedBatch};
+use crate::intake::decode_events;
 use crate::intake::{BufferTotals, SourceState, StorePlan};
 
 /// Largest piece of a batch's JSON in one row.
@@ -244,7 +245,7 @@ impl Store {
                 row_id: row.id,
                 source_id: row.source_id,
                 batch_seq: row.batch_seq.parse().unwrap_or_default(),
-                events: parse_payload(&payload)?,
+                events: decode_events(&payload)?,
             });
         }
         Ok(batches)

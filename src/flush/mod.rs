@@ -28,7 +28,7 @@ pub mod procedure;
 use std::collections::BTreeMap;
 
 use crate::config::DoLakeConfig;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::intake::BufferTotals;
 use crate::lake::{ChangeEvent, Op, TableKind};
 use crate::protocol::{CdcEvent, Operation};
@@ -539,12 +539,6 @@ pub fn into_change_event(source_id: &str, batch_seq: u64, event: CdcEvent) -> Ch
         after: event.after,
         metadata: event.metadata,
     }
-}
-
-/// Parses the stored JSON of a batch's events.
-pub fn parse_payload(payload: &str) -> Result<Vec<CdcEvent>> {
-    serde_json::from_str(payload)
-        .map_err(|e| Error::storage(format!("a buffered batch could not be decoded: {e}")))
 }
 
 #[cfg(test)]

@@ -554,7 +554,7 @@ fn a_batch_is_stored_as_received_and_decodes_to_the_same_events() {
         record.payload
     );
     assert_eq!(record.size_bytes, record.payload.len() as u64);
-    let stored = crate::flush::parse_payload(&record.payload).unwrap();
+    let stored = crate::intake::decode_events(&record.payload).unwrap();
     assert_eq!(stored, events, "a flush reads the same events");
 }
 

@@ -863,7 +863,7 @@ fn doubles_reach_parquet_bit_exact() {
             row_id: b as i64 + 1,
             source_id: record.source_id.clone(),
             batch_seq: record.batch_seq,
-            events: crate::flush::parse_payload(&record.payload).unwrap(),
+            events: crate::intake::decode_events(&record.payload).unwrap(),
         });
     }
     let work = crate::flush::plan_step(loaded, |_| None);

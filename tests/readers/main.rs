@@ -473,7 +473,7 @@ fn doubles() -> (TableSpec, Value) {
             ));
         }
         // The stored JSON of a batch, parsed as the flush parses it.
-        let parsed = dolake::flush::parse_payload(&format!("[{}]", payload.join(","))).unwrap();
+        let parsed = dolake::intake::decode_events(&format!("[{}]", payload.join(","))).unwrap();
         let events: Vec<ChangeEvent> = parsed
             .into_iter()
             .map(|e| dolake::flush::into_change_event("shard-f", 1 + n as u64, e))
