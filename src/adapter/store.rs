@@ -22,7 +22,9 @@ use crate::flush::{BufferedBatch, FlushHistory, LoadedBatch};
 use crate::intake::decode_events;
 use crate::intake::{BufferTotals, SourceState, StorePlan};
 
-/// Largest piece of a batch's JSON in one row.
+/// Largest piece of a batch's JSON in one row. A batch that fits is stored
+/// in its own row (`batches.payload`, one statement); a larger one in
+/// `batch_chunks` rows (`batches.chunks` of them, `payload` NULL).
 const CHUNK_BYTES: usize = 1_000_000;
 
 const SCHEMA: &[&str] = &[
@@ -38,7 +40,8 @@ const SCHEMA: &[&str] = &[
         size_bytes INTEGER NOT NULL,
         received_at INTEGER NOT NULL,
         tables TEXT NOT NULL,
-        chunks INTEGER NOT NULL)",
+        chunks INTEGER NOT NULL,
+        payload TEXT)",
     "CREATE TABLE IF NOT EXISTS batch_chunks (
         batch_id INTEGER NOT NULL,
         idx INTEGER NOT NULL,
@@ -89,6 +92,7 @@ struct BatchRow {
     id: i64,
     source_id: String,
     batch_seq: String,
+    payload: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -108,6 +112,18 @@ impl Store {
         {
             sql.exec(statement, None)
                 .map_err(|e| storage_error("creating tables", e))?;
+        }
+        // Buffers written before batches kept their payload in their row.
+        let columns: Vec<serde_json::Value> = sql
+            .exec(
+                "SELECT name FROM pragma_table_info('batches') WHERE name = 'payload'",
+                None,
+            )
+            .and_then(|c| c.to_array())
+            .map_err(|e| storage_error("reading the batches table", e))?;
+        if columns.is_empty() {
+            sql.exec("ALTER TABLE batches ADD COLUMN payload TEXT", None)
+                .map_err(|e| storage_error("adding batches.payload", e))?;
         }
         Ok(Self { storage, sql })
     }
@@ -218,7 +234,8 @@ impl Store {
         let rows: Vec<BatchRow> = self
             .sql
             .exec(
-                "SELECT id, source_id, batch_seq FROM batches WHERE id BETWEEN ? AND ? ORDER BY id",
+                "SELECT id, source_id, batch_seq, payload FROM batches
+                 WHERE id BETWEEN ? AND ? ORDER BY id",
                 vec![first.into(), last.into()],
             )
             .and_then(|c| c.to_array())
@@ -235,7 +252,7 @@ impl Store {
         let mut chunks = chunks.into_iter().peekable();
         let mut batches = Vec::with_capacity(rows.len());
         for row in rows {
-            let mut payload = String::new();
+            let mut payload = row.payload.unwrap_or_default();
             while let Some(chunk) = chunks.next_if(|c| c.batch_id <= row.id) {
                 if chunk.batch_id == row.id {
                     payload.push_str(&chunk.data);
@@ -326,13 +343,18 @@ impl Store {
             ));
         }
         if let Some(record) = &plan.record {
-            let chunks = record.payload_chunks(CHUNK_BYTES);
+            let mut chunks = record.payload_chunks(CHUNK_BYTES);
+            let inline = if chunks.len() == 1 {
+                chunks.pop()
+            } else {
+                None
+            };
             let tables = serde_json::to_string(&record.tables)
                 .map_err(|e| storage_error("encoding tables", e))?;
             statements.push((
                 "INSERT INTO batches (source_id, batch_seq, first_event_seq, last_event_seq,
-                    event_count, size_bytes, received_at, tables, chunks)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                    event_count, size_bytes, received_at, tables, chunks, payload)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                     .into(),
                 vec![
                     record.source_id.as_str().into(),
@@ -344,6 +366,7 @@ impl Store {
                     record.received_at.into(),
                     tables.into(),
                     (chunks.len() as i64).into(),
+                    inline.map_or(SqlStorageValue::Null, SqlStorageValue::from),
                 ],
             ));
             for (idx, chunk) in chunks.into_iter().enumerate() {
