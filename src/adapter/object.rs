@@ -590,7 +590,10 @@ impl DoLake {
         };
         let rate = match gate {
             Ok(rate) => rate,
-            Err(throttled) => return http_throttled_response(&throttled),
+            Err(throttled) => {
+                log_notes(&throttled.notes);
+                return http_throttled_response(&throttled);
+            }
         };
         let text = req.text().await?;
         let out = match &mut *self.core.borrow_mut() {

@@ -283,6 +283,8 @@ pub struct HttpThrottled {
     pub reset_s: i64,
     /// `Retry-After`, seconds.
     pub retry_after_s: u64,
+    /// Lines to log.
+    pub notes: Vec<Note>,
 }
 
 /// Refusals by reason: since construction, plus those persisted before.
@@ -783,7 +785,10 @@ impl Session {
                     ErrorKind::RateLimited,
                     format!("more than {limit} requests per second from this client (rateLimit.messagesPerSecond)"),
                 );
-                let _ = self.count_refusal(Refusal::Nack(ErrorKind::RateLimited), host);
+                let notes = self
+                    .count_refusal(Refusal::Nack(ErrorKind::RateLimited), host)
+                    .into_iter()
+                    .collect();
                 let mut nack = intake::nack(now, &error, None, None, None);
                 if let ServerMessage::Nack(n) = &mut nack {
                     n.retry_delay_ms = Some(retry_ms);
@@ -793,6 +798,7 @@ impl Session {
                     limit,
                     reset_s: (now + retry_ms as i64) / 1000,
                     retry_after_s: retry_ms.div_ceil(1000).max(1),
+                    notes,
                 }))
             }
         }
