@@ -81,7 +81,10 @@ pub(crate) async fn sync<O: ObjectStore, I: RowIndex>(
         index.discard_staged(table)?;
         synced = Synced::Discarded;
     }
-    if status.positions == Some(positions) {
+    // A table that does not exist yet and an index never written for it
+    // agree: an index with no status for a table holds none of its rows.
+    let both_new = state.is_none() && status.positions.is_none();
+    if status.positions == Some(positions) || both_new {
         return Ok(synced);
     }
     rebuild(objects, index, paths, table, state, positions).await?;

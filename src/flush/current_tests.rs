@@ -202,6 +202,21 @@ fn current_state_tables_equal_the_model_after_every_flush() {
 }
 
 #[test]
+fn new_tables_need_no_repair_of_their_index() {
+    let w = World::new();
+    let mut rng = Rng(0xC0DE);
+    let mut model = Model::new();
+    let mut seq = 0;
+    for round in 0..3 {
+        stream(&w, &mut rng, &mut model, &mut seq, 6);
+        let o = w.flush_with(1 << 20, 20_000);
+        assert!(o.error.is_none(), "{:?}", o.error);
+        assert_eq!(o.index_repairs, 0, "round {round}: {o:?}");
+    }
+    check(&w, &model, "after three flushes");
+}
+
+#[test]
 fn a_lost_row_index_is_rebuilt_from_the_table() {
     let w = World::new();
     let mut rng = Rng(0xBEEF);
