@@ -10,9 +10,15 @@
 //! - [`admission`]: rate limits, connection limits, authentication.
 //! - [`config`]: the `DOLAKE_CONFIG` options, their defaults and validation.
 //! - [`protocol`]: the JSON wire protocol (messages, decoding, encoding).
-//! - [`intake`]: admission of CDC batches: dedup, buffer accounting, acks.
+//! - [`intake`]: admission of CDC batches: dedup, buffer accounting, acks,
+//!   and the stored form of a batch.
+//! - [`session`]: the message pipeline: a frame, an HTTP ingest body or an
+//!   upgrade in, what to send, store, log and close out; `/status` and
+//!   `/metrics` views.
 //! - [`lake`]: Parquet encoding and Iceberg metadata for a commit.
-//! - [`flush`]: when to flush and what one flush step commits.
+//! - [`flush`]: when to flush, the flush procedure and table maintenance.
+//! - [`catalog`]: the Iceberg REST catalog (read side).
+//! - [`metrics`]: the Prometheus text exposition.
 //! - `adapter` (wasm32 only): the Worker entry point and the `DoLake` Durable
 //!   Object, which performs what the core decides (sockets, storage, R2, alarms).
 //!
