@@ -337,9 +337,10 @@ impl Intake {
                 tables.insert(i, event.table.clone());
             }
         }
-        let fingerprint = fingerprint(&batch.events);
+        // Only deduplication keeps prints.
+        let fingerprint = dedup.then(|| fingerprint(&batch.events));
 
-        if dedup && source.acked_batches.contains(seq) {
+        if let Some(fingerprint) = fingerprint.filter(|_| source.acked_batches.contains(seq)) {
             let resend = source.is_resend(seq, fingerprint)
                 || source.is_resend(seq, legacy_fingerprint(&batch.events));
             if resend {
@@ -413,7 +414,7 @@ impl Intake {
             payload,
         };
 
-        if dedup {
+        if let Some(fingerprint) = fingerprint {
             source.acked_batches.insert(seq);
             source.remember(seq, fingerprint);
         }
