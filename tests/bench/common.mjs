@@ -1,11 +1,13 @@
-// Shared by the intake benchmarks (intake_baseline.mjs, profile.mjs):
-// the configuration that holds flushes off, the load generator run, and the
-// CPU of a process group.
+// Shared by the benchmarks (intake_baseline.mjs, profile.mjs,
+// flush_growth.mjs): the configuration that holds flushes off, the load
+// generator run, buffering events and flushing them all, and the CPU of a
+// process group.
 import { readdirSync, readFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
+import { getJson, waitFor, withTimeout } from '../e2e/harness.mjs';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const loadgen = path.join(root, 'target/release/dolake-loadgen');
@@ -48,4 +50,21 @@ export function loadgenRun(args, limitSeconds) {
 export function runLoadgen(url, shards, batchSize, seconds) {
   return loadgenRun(['--url', url, '--shards', String(shards), '--duration-s', String(seconds), '--batch-size', String(batchSize),
     '--row-bytes', '220', '--tables', 'users,orders,items', '--seed', '7', '--heartbeat-ms', '0'], seconds + 120);
+}
+
+/** Buffers `events` events (4 shards x 1,000-event batches, 200-byte rows, 3 tables). */
+export async function fill(server, events, seed = 11) {
+  const r = await loadgenRun(['--url', server.wsUrl, '--shards', '4', '--batches', String(Math.ceil(events / 4 / 1000)),
+    '--batch-size', '1000', '--row-bytes', '200', '--tables', 'users,orders,items', '--seed', String(seed), '--heartbeat-ms', '0'], 900);
+  if (r.eventsAcked !== r.eventsSent) throw new Error(`${r.eventsAcked} of ${r.eventsSent} acked`);
+  return r;
+}
+
+/** Flushes until the buffer is empty; seconds taken. */
+export async function drain(server) {
+  const start = Date.now();
+  await withTimeout(fetch(`${server.url}/lakehouse/flush`, { method: 'POST' }), 900_000, 'flush');
+  // A status request can wait behind a flush step: waitFor retries.
+  await waitFor(async () => (await getJson(`${server.url}/lakehouse/status`)).body.buffer.eventCount === 0, 900_000, 'the buffer to drain');
+  return (Date.now() - start) / 1000;
 }

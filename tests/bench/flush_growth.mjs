@@ -8,8 +8,8 @@ import os from 'node:os';
 import { execFileSync } from 'node:child_process';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { getJson, removeDir, startDoLake, tempStateDir, waitFor, withTimeout } from '../e2e/harness.mjs';
-import { CONFIG, loadgenRun } from './common.mjs';
+import { getJson, removeDir, startDoLake, tempStateDir } from '../e2e/harness.mjs';
+import { CONFIG, drain, fill } from './common.mjs';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const arg = (name, dflt) => (process.argv.includes(name) ? process.argv[process.argv.indexOf(name) + 1] : dflt);
@@ -21,13 +21,8 @@ const server = await startDoLake({ stateDir, config: CONFIG, logLevel: 'error' }
 const rows = [];
 try {
   for (let round = 0; round < rounds; round++) {
-    const r = await loadgenRun(['--url', server.wsUrl, '--shards', '4', '--batches', String(Math.ceil(events / 4 / 1000)),
-      '--batch-size', '1000', '--row-bytes', '200', '--tables', 'users,orders,items', '--seed', String(11 + round), '--heartbeat-ms', '0'], 900);
-    if (r.eventsAcked !== r.eventsSent) throw new Error(`${r.eventsAcked} of ${r.eventsSent} acked`);
-    const start = Date.now();
-    await withTimeout(fetch(`${server.url}/lakehouse/flush`, { method: 'POST' }), 900_000, 'flush');
-    await waitFor(async () => (await getJson(`${server.url}/lakehouse/status`)).body.buffer.eventCount === 0, 900_000, 'the buffer to drain');
-    const seconds = (Date.now() - start) / 1000;
+    const r = await fill(server, events, 11 + round);
+    const seconds = await drain(server);
     const s = (await getJson(`${server.url}/lakehouse/status`)).body;
     const row = { round, events: r.eventsAcked, seconds: +seconds.toFixed(2), eventsPerSecond: Math.round(r.eventsAcked / seconds),
       indexRepairs: s.flush.history.indexRepairs, indexRows: s.instance.rowIndex?.rows };

@@ -20,8 +20,8 @@ import path from 'node:path';
 import { execFileSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import WebSocket from 'ws';
-import { getJson, removeDir, startDoLake, tempStateDir, waitFor, withTimeout } from '../e2e/harness.mjs';
-import { CONFIG, loadgenRun, runLoadgen } from './common.mjs';
+import { removeDir, startDoLake, tempStateDir, withTimeout } from '../e2e/harness.mjs';
+import { CONFIG, drain, fill, runLoadgen } from './common.mjs';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const arg = (name, dflt) => (process.argv.includes(name) ? process.argv[process.argv.indexOf(name) + 1] : dflt);
@@ -108,23 +108,6 @@ function analyse(profile) {
   const inclusiveRows = [...inclusive.entries()].sort((a, b) => b[1] - a[1]).slice(0, top)
     .map(([f, n]) => `| ${pct(n)} | \`${f.replace(/\|/g, '\\|').slice(0, 140)}\` |`);
   return { total, idle, busy, selfRows, stageRows, inclusiveRows };
-}
-
-/** Buffers `events` events (flushes held off). */
-async function fill(server, events) {
-  const r = await loadgenRun(['--url', server.wsUrl, '--shards', '4', '--batches', String(Math.ceil(events / 4 / 1000)),
-    '--batch-size', '1000', '--row-bytes', '200', '--tables', 'users,orders,items', '--seed', '11', '--heartbeat-ms', '0'], 900);
-  if (r.eventsAcked !== r.eventsSent) throw new Error(`${r.eventsAcked} of ${r.eventsSent} acked`);
-  return r;
-}
-
-/** Flushes until the buffer is empty; seconds taken. */
-async function drain(server) {
-  const start = Date.now();
-  await withTimeout(fetch(`${server.url}/lakehouse/flush`, { method: 'POST' }), 900_000, 'flush');
-  // A status request can wait behind a flush step: waitFor retries.
-  await waitFor(async () => (await getJson(`${server.url}/lakehouse/status`)).body.buffer.eventCount === 0, 900_000, 'the buffer to drain');
-  return (Date.now() - start) / 1000;
 }
 
 const port = await freePort();
