@@ -651,6 +651,49 @@ mod tests {
         use super::*;
         use proptest::prelude::*;
 
+        /// `BatchFrame` repeats the fields of `CdcBatchMessage`: every one of
+        /// them, set, comes out of the fast path as out of the general one.
+        #[test]
+        fn every_field_of_a_batch_survives_the_fast_path() {
+            let text = serde_json::json!({
+                "type": "cdc_batch", "timestamp": 7, "correlationId": "c", "sourceDoId": "do-1",
+                "sourceShardName": "s1", "sequenceNumber": 9, "firstEventSequence": 3,
+                "lastEventSequence": 4, "sizeBytes": 120, "isRetry": true, "retryCount": 2,
+                "events": [
+                    {"sequence": 3, "timestamp": 5, "operation": "INSERT", "table": "t", "rowId": "a", "after": {"x": 1}},
+                    {"sequence": 4, "timestamp": 6, "operation": "DELETE", "table": "t", "rowId": 2, "before": {"x": 1}, "metadata": {"m": true}},
+                ],
+            })
+            .to_string();
+            let fast = decode_batch_fast(&text).expect("a valid batch takes the fast path");
+            let Ok(ClientMessage::CdcBatch(general)) = decode_general(&text) else {
+                panic!("the general path must accept it too");
+            };
+            let fields = serde_json::to_value(&general).unwrap();
+            for key in [
+                "timestamp",
+                "correlationId",
+                "sourceShardName",
+                "firstEventSequence",
+                "lastEventSequence",
+                "sizeBytes",
+                "isRetry",
+                "retryCount",
+            ] {
+                assert!(
+                    !fields[key].is_null() && fields[key] != false,
+                    "{key} is set: {fields}"
+                );
+            }
+            assert_eq!(
+                CdcBatchMessage {
+                    received: None,
+                    ..fast
+                },
+                general
+            );
+        }
+
         fn arb_value() -> impl Strategy<Value = Value> {
             let leaf = prop_oneof![
                 Just(Value::Null),
