@@ -330,24 +330,25 @@ pub fn status(session: &mut Session, facts: &Facts<'_>) -> serde_json::Value {
         .iter()
         .filter_map(|c| c.source_id.as_deref())
         .collect();
-    let config = session.config().clone();
-    let sources: Vec<serde_json::Value> = session
-        .intake()
+    // Expires old entries first; everything after only reads.
+    let dedup_stats = session.intake_mut().dedup_stats(facts.now);
+    let intake = session.intake();
+    let config = intake.config();
+    let sources: Vec<serde_json::Value> = intake
         .sources()
         .map(|s| s.report(open_ids.contains(&s.source_id.as_str())))
         .collect();
     let m = &history.maintenance;
-    let intake = session.intake_mut();
     serde_json::json!({
         "state": intake.state(),
         "buffer": intake.buffer_snapshot(),
         "connectedSources": facts.connected_sources(),
         "sourceStates": sources,
-        "dedupStats": intake.dedup_stats(facts.now),
+        "dedupStats": dedup_stats,
         "connections": facts.connections,
         "lastFlushTime": history.last_success_ms,
         "nextFlushTime": facts.next_flush_ms,
-        "tables": tables(&config, history),
+        "tables": tables(config, history),
         "maintenance": {
             "nextRunMs": m.next_run(&config.maintenance, history),
             "lastRunMs": m.last_run_ms,
