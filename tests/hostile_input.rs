@@ -25,7 +25,7 @@ fn through_everything(text: &str) {
     if let Ok(ClientMessage::CdcBatch(batch)) = decode_client_message(text) {
         let config = DoLakeConfig::default();
         let mut by_table: std::collections::BTreeMap<String, Vec<_>> = Default::default();
-        for event in batch.events {
+        for event in batch.events.into_vec().expect("accepted events decode") {
             by_table
                 .entry(event.table.clone())
                 .or_default()
@@ -161,6 +161,8 @@ fn named_hostile_cases() {
     };
     let events: Vec<_> = batch
         .events
+        .into_vec()
+        .unwrap()
         .into_iter()
         .map(|e| into_change_event("s", 1, e))
         .collect();
@@ -195,7 +197,7 @@ fn poison_events_are_refused_by_the_lakes_rule() {
         let ClientMessage::CdcBatch(batch) = decode_client_message(&text).unwrap() else {
             panic!()
         };
-        let e = batch.events.into_iter().next().unwrap();
+        let e = batch.events.into_vec().unwrap().into_iter().next().unwrap();
         (e.table.clone(), into_change_event("s", 1, e))
     };
     let base = json!({"sequence": 1, "timestamp": 1_700_000_000_000_i64, "operation": "INSERT",

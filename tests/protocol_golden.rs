@@ -185,7 +185,7 @@ fn protocol_shapes_match_the_golden_file_the_typescript_types_are_checked_agains
         correlation_id: Some("c-1".into()),
         source_do_id: "do-1".into(),
         source_shard_name: Some("shard-1".into()),
-        events: vec![event_max.clone(), event_min.clone()],
+        events: vec![event_max.clone(), event_min.clone()].into(),
         sequence_number: 3,
         first_event_sequence: Some(1),
         last_event_sequence: Some(1),
@@ -193,13 +193,12 @@ fn protocol_shapes_match_the_golden_file_the_typescript_types_are_checked_agains
         is_retry: true,
         retry_count: 2,
         message_type: None,
-        received: None,
     };
     let batch_min = CdcBatchMessage {
         timestamp: None,
         correlation_id: None,
         source_shard_name: None,
-        events: vec![event_min.clone()],
+        events: vec![event_min.clone()].into(),
         first_event_sequence: None,
         last_event_sequence: None,
         size_bytes: None,

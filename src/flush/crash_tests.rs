@@ -475,7 +475,7 @@ mod property {
                         Admission::Store(plan) => {
                             let record = plan.record.clone().unwrap();
                             w.buffer.push_record(&record);
-                            for e in &batch.events {
+                            for e in batch.events.decoded().unwrap().iter() {
                                 accepted.push((source.to_string(), e.sequence, e.table.clone()));
                             }
                             intake.commit(1_700_000_000_000, *plan);

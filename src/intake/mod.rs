@@ -32,7 +32,9 @@ use crate::protocol::{
 pub use seqset::SeqSet;
 pub use source::SourceState;
 pub use stored::decode_events;
-use stored::{encode_events, fingerprint, legacy_fingerprint};
+use stored::Incoming;
+#[cfg(test)]
+use stored::{fingerprint, legacy_fingerprint};
 
 /// How long a `buffer_full` refusal asks the shard to wait, ms.
 pub const BUFFER_FULL_RETRY_MS: u64 = 5_000;
@@ -291,31 +293,15 @@ impl Intake {
 
         // The stored form: the events as JSON, in the shard's order, as
         // received when the decoder kept the text. Sized by what arrived,
-        // never by the client's `sizeBytes`.
-        let (payload, sizes) = match batch.received.take() {
-            Some(received) => (received.text, received.sizes),
-            None => match encode_events(&batch.events) {
-                Ok(encoded) => encoded,
-                Err(e) => {
-                    let error = Error::internal(format!("cannot encode events: {e}"));
-                    return self.refuse_batch(now, source, seq, correlation_id, &error, None);
-                }
-            },
+        // never by the client's `sizeBytes`. Only deduplication keeps prints.
+        let n = batch.events.len() as u64;
+        let incoming = match Incoming::new(std::mem::take(&mut batch.events), dedup) {
+            Ok(incoming) => incoming,
+            Err(error) => return self.refuse_batch(now, source, seq, correlation_id, &error, None),
         };
         let (mut first, mut last) = (u64::MAX, 0u64);
-        let mut tables: Vec<String> = Vec::new();
-        for (i, (event, size)) in batch.events.iter().zip(&sizes).enumerate() {
-            if let Err(e) = crate::lake::check_event(
-                &event.table,
-                event.sequence,
-                event.timestamp,
-                event.before.as_ref(),
-                event.after.as_ref(),
-            ) {
-                let error = Error::invalid(format!("events[{i}]: {}", e.message()));
-                return self.refuse_batch(now, source, seq, correlation_id, &error, None);
-            }
-            if let Some(Err(e)) = event.metadata.as_ref().map(crate::lake::check_metadata) {
+        for (i, (&(sequence, _), size)) in incoming.heads.iter().zip(&incoming.sizes).enumerate() {
+            if let Err(e) = incoming.check(i) {
                 let error = Error::invalid(format!("events[{i}]: {}", e.message()));
                 return self.refuse_batch(now, source, seq, correlation_id, &error, None);
             }
@@ -323,31 +309,26 @@ impl Intake {
                 let error = Error::new(
                     ErrorKind::EventTooLarge,
                     format!(
-                        "event with sequence {} is {size} bytes; at most {} are allowed (rateLimit.maxEventSize)",
-                        event.sequence,
+                        "event with sequence {sequence} is {size} bytes; at most {} are allowed (rateLimit.maxEventSize)",
                         limits.max_event_size
                     ),
                 );
                 let max = Some(limits.max_event_size);
                 return self.refuse_batch(now, source, seq, correlation_id, &error, max);
             }
-            first = first.min(event.sequence);
-            last = last.max(event.sequence);
-            if let Err(i) = tables.binary_search(&event.table) {
-                tables.insert(i, event.table.clone());
-            }
+            first = first.min(sequence);
+            last = last.max(sequence);
         }
-        // Only deduplication keeps prints.
-        let fingerprint = dedup.then(|| fingerprint(&batch.events));
+        let fingerprint = incoming.fingerprint;
 
         if let Some(fingerprint) = fingerprint.filter(|_| source.acked_batches.contains(seq)) {
             let resend = source.is_resend(seq, fingerprint)
-                || source.is_resend(seq, legacy_fingerprint(&batch.events));
+                || source.is_resend(seq, incoming.legacy_fingerprint());
             if resend {
                 source.duplicate_batches += 1;
-                source.duplicate_events += batch.events.len() as u64;
+                source.duplicate_events += n;
                 self.dedup.duplicate_batches += 1;
-                self.dedup.duplicate_events += batch.events.len() as u64;
+                self.dedup.duplicate_events += n;
                 let original = self.recent.get(&(source.source_id.clone(), seq)).copied();
                 let batch_id = batch_id(&source.source_id, seq);
                 self.sources.insert(source.source_id.clone(), source);
@@ -387,7 +368,7 @@ impl Intake {
             }
         }
 
-        let size = payload.len() as u64;
+        let size = incoming.payload.len() as u64;
         let capacity = self.capacity();
         if self.buffer.bytes + size > capacity {
             self.buffer.refused_full = true;
@@ -401,7 +382,7 @@ impl Intake {
             return self.refuse_batch(now, source, seq, correlation_id, &error, None);
         }
         let fallback = self.buffer.bytes + size > self.config.max_buffer_size;
-        let kept = batch.events.len() as u64;
+        let kept = n;
         let record = BatchRecord {
             source_id: source.source_id.clone(),
             batch_seq: seq,
@@ -410,8 +391,8 @@ impl Intake {
             event_count: kept,
             size_bytes: size,
             received_at: now,
-            tables,
-            payload,
+            tables: incoming.tables,
+            payload: incoming.payload,
         };
 
         if let Some(fingerprint) = fingerprint {

@@ -3,11 +3,98 @@
 //! code), cut into chunks for storage rows, and read back by the flush; and
 //! the fingerprint of a batch's events that deduplication keeps.
 
-use xxhash_rust::xxh3::Xxh3;
-
 use super::BatchRecord;
 use crate::error::{Error, Result};
-use crate::protocol::CdcEvent;
+use crate::protocol::{events_digest, BatchEvents, CdcEvent};
+
+/// A batch's events in their stored form, with what admission checks of
+/// each event.
+pub(crate) struct Incoming {
+    /// The stored events: a JSON array.
+    pub payload: String,
+    /// Bytes of each event's text.
+    pub sizes: Vec<usize>,
+    /// Each event's `(sequence, timestamp)`.
+    pub heads: Vec<(u64, i64)>,
+    /// The distinct tables, sorted.
+    pub tables: Vec<String>,
+    /// The events' fingerprint, when asked for.
+    pub fingerprint: Option<u64>,
+    /// Events built in code or read by the general decoder: not yet checked
+    /// against the lake's rules (received ones were, as they were read).
+    pub unchecked: Option<Vec<CdcEvent>>,
+}
+
+impl Incoming {
+    /// The stored form of `events`, with their fingerprint if `fingerprint`.
+    pub fn new(events: BatchEvents, fingerprint: bool) -> Result<Incoming> {
+        match events {
+            BatchEvents::Received(r) => {
+                let mut tables = r.tables;
+                tables.sort_unstable();
+                Ok(Incoming {
+                    payload: r.text,
+                    sizes: r.sizes,
+                    heads: r.heads,
+                    tables,
+                    fingerprint: fingerprint.then_some(r.digest),
+                    unchecked: None,
+                })
+            }
+            BatchEvents::Decoded(events) => {
+                let (payload, sizes) = encode_events(&events)
+                    .map_err(|e| Error::internal(format!("cannot encode events: {e}")))?;
+                let mut tables: Vec<String> = Vec::new();
+                for event in &events {
+                    if let Err(i) = tables.binary_search(&event.table) {
+                        tables.insert(i, event.table.clone());
+                    }
+                }
+                Ok(Incoming {
+                    payload,
+                    sizes,
+                    heads: events.iter().map(|e| (e.sequence, e.timestamp)).collect(),
+                    tables,
+                    fingerprint: fingerprint.then(|| events_digest(&events)),
+                    unchecked: Some(events),
+                })
+            }
+        }
+    }
+
+    /// The lake's rules for event `i`: all of them for an unchecked event,
+    /// what the decoder leaves to intake for a received one.
+    pub fn check(&self, i: usize) -> Result<()> {
+        match &self.unchecked {
+            Some(events) => {
+                let e = &events[i];
+                crate::lake::check_event(
+                    &e.table,
+                    e.sequence,
+                    e.timestamp,
+                    e.before.as_ref(),
+                    e.after.as_ref(),
+                )?;
+                e.metadata
+                    .as_ref()
+                    .map_or(Ok(()), crate::lake::check_metadata)
+            }
+            None => {
+                let (sequence, timestamp) = self.heads[i];
+                crate::lake::limits::check_sequence(sequence)?;
+                crate::lake::limits::check_timestamp(timestamp)
+            }
+        }
+    }
+
+    /// The fingerprint versions before 2026-12 kept ([`legacy_fingerprint`]).
+    pub fn legacy_fingerprint(&self) -> u64 {
+        match &self.unchecked {
+            Some(events) => legacy_fingerprint(events),
+            None => decode_events(&self.payload).map_or(0, |events| legacy_fingerprint(&events)),
+        }
+    }
+}
 
 /// Reads the stored events of a batch back.
 pub fn decode_events(payload: &str) -> Result<Vec<CdcEvent>> {
@@ -34,74 +121,12 @@ impl BatchRecord {
     }
 }
 
-/// The fingerprint of a batch's events: XXH3 (64 bits) of their decoded
-/// content, so the same events sent as other text (key order, spacing) have
-/// the same print; stable across builds and targets (it is stored).
+/// The fingerprint of a batch's events: their content digest (XXH3 of
+/// their decoded content, `protocol::digest`), so the same events sent as
+/// other text (key order, spacing) have the same print.
+#[cfg(test)]
 pub(crate) fn fingerprint(events: &[CdcEvent]) -> u64 {
-    let mut h = Xxh3::new();
-    for e in events {
-        h.update(&e.sequence.to_le_bytes());
-        h.update(&e.timestamp.to_le_bytes());
-        hash_str(&mut h, e.operation.as_str());
-        hash_str(&mut h, &e.table);
-        hash_str(&mut h, &e.row_id);
-        for image in [&e.before, &e.after] {
-            match image {
-                None => h.update(b"-"),
-                Some(map) => hash_object(&mut h, map),
-            }
-        }
-        match &e.metadata {
-            None => h.update(b"-"),
-            Some(v) => hash_value(&mut h, v),
-        }
-    }
-    h.digest()
-}
-
-fn hash_str(h: &mut Xxh3, s: &str) {
-    h.update(&(s.len() as u64).to_le_bytes());
-    h.update(s.as_bytes());
-}
-
-fn hash_object(h: &mut Xxh3, map: &serde_json::Map<String, serde_json::Value>) {
-    h.update(b"o");
-    h.update(&(map.len() as u64).to_le_bytes());
-    // serde_json's map is ordered by key: the order of the text plays no part.
-    for (k, v) in map {
-        hash_str(h, k);
-        hash_value(h, v);
-    }
-}
-
-fn hash_value(h: &mut Xxh3, v: &serde_json::Value) {
-    use serde_json::Value;
-    match v {
-        Value::Null => h.update(b"n"),
-        Value::Bool(b) => h.update(if *b { b"t" } else { b"f" }),
-        Value::Number(n) => {
-            if let Some(u) = n.as_u64() {
-                h.update(b"u");
-                h.update(&u.to_le_bytes());
-            } else if let Some(i) = n.as_i64() {
-                h.update(b"i");
-                h.update(&i.to_le_bytes());
-            } else {
-                h.update(b"d");
-                h.update(&n.as_f64().unwrap_or(f64::NAN).to_bits().to_le_bytes());
-            }
-        }
-        Value::String(s) => {
-            h.update(b"s");
-            hash_str(h, s);
-        }
-        Value::Array(items) => {
-            h.update(b"a");
-            h.update(&(items.len() as u64).to_le_bytes());
-            items.iter().for_each(|item| hash_value(h, item));
-        }
-        Value::Object(map) => hash_object(h, map),
-    }
+    events_digest(events)
 }
 
 /// The fingerprint of versions before 2026-12: FNV-1a (64 bits) of the

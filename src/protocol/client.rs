@@ -3,6 +3,8 @@
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 
+use super::digest::{Canonical, Digest, EventHead, Image, Text};
+
 /// The operation of a change event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Operation {
@@ -139,7 +141,7 @@ pub struct CdcBatchMessage {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_shard_name: Option<String>,
     /// The events, in order.
-    pub events: Vec<CdcEvent>,
+    pub events: BatchEvents,
     /// The batch's sequence number in its source.
     pub sequence_number: u64,
     /// `events[0].sequence` as the shard saw it.
@@ -163,20 +165,122 @@ pub struct CdcBatchMessage {
     /// enclosing message writes its own `type`).
     #[serde(rename = "type", default, skip_serializing)]
     pub message_type: Option<CdcBatchType>,
-    /// The events as they arrived (set by the one-pass decoder, never
-    /// written): intake stores this text as is instead of encoding again.
-    #[serde(skip)]
-    pub received: Option<ReceivedEvents>,
+}
+
+/// The events of a batch: decoded (built in code, or read by the general
+/// decoder), or as received (read by the one-pass decoder: their text,
+/// checked, with what intake needs of each, and never decoded into maps).
+/// Written and compared as the list of events either way.
+#[derive(Debug, Clone)]
+pub enum BatchEvents {
+    /// The events as values.
+    Decoded(Vec<CdcEvent>),
+    /// The events as they arrived.
+    Received(ReceivedEvents),
 }
 
 /// A batch's events as received: the array's text (the events' own text,
-/// joined by commas) and each event's size in bytes.
+/// joined by commas), and what the one-pass decoder read of each event.
+/// Made only by the decoder, which checked the text decodes to valid events
+/// whose images are within the lake's limits.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ReceivedEvents {
     /// `[e0,e1,...]`, each event exactly as sent.
-    pub text: String,
+    pub(crate) text: String,
     /// Bytes of each event's text, in order.
-    pub sizes: Vec<usize>,
+    pub(crate) sizes: Vec<usize>,
+    /// Each event's `(sequence, timestamp)`, in order.
+    pub(crate) heads: Vec<(u64, i64)>,
+    /// The events' distinct tables, in order of first appearance.
+    pub(crate) tables: Vec<String>,
+    /// The events' content digest (`protocol::digest`).
+    pub(crate) digest: u64,
+}
+
+impl BatchEvents {
+    /// How many events.
+    pub fn len(&self) -> usize {
+        match self {
+            BatchEvents::Decoded(events) => events.len(),
+            BatchEvents::Received(r) => r.sizes.len(),
+        }
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The events as values (decoded from the text when received).
+    pub fn decoded(&self) -> serde_json::Result<std::borrow::Cow<'_, [CdcEvent]>> {
+        match self {
+            BatchEvents::Decoded(events) => Ok(std::borrow::Cow::Borrowed(events)),
+            BatchEvents::Received(r) => serde_json::from_str(&r.text).map(std::borrow::Cow::Owned),
+        }
+    }
+}
+
+impl BatchEvents {
+    /// The events as values, owned.
+    pub fn into_vec(self) -> serde_json::Result<Vec<CdcEvent>> {
+        match self {
+            BatchEvents::Decoded(events) => Ok(events),
+            BatchEvents::Received(r) => serde_json::from_str(&r.text),
+        }
+    }
+
+    /// The events as values, to change in a test.
+    #[cfg(test)]
+    pub(crate) fn to_mut(&mut self) -> &mut Vec<CdcEvent> {
+        if let BatchEvents::Received(_) = self {
+            *self = BatchEvents::Decoded(std::mem::take(self).into_vec().unwrap());
+        }
+        match self {
+            BatchEvents::Decoded(events) => events,
+            BatchEvents::Received(_) => unreachable!(),
+        }
+    }
+}
+
+impl Default for BatchEvents {
+    fn default() -> Self {
+        BatchEvents::Decoded(Vec::new())
+    }
+}
+
+impl From<Vec<CdcEvent>> for BatchEvents {
+    fn from(events: Vec<CdcEvent>) -> Self {
+        BatchEvents::Decoded(events)
+    }
+}
+
+impl FromIterator<CdcEvent> for BatchEvents {
+    fn from_iter<I: IntoIterator<Item = CdcEvent>>(iter: I) -> Self {
+        BatchEvents::Decoded(iter.into_iter().collect())
+    }
+}
+
+impl PartialEq for BatchEvents {
+    fn eq(&self, other: &Self) -> bool {
+        match (self.decoded(), other.decoded()) {
+            (Ok(a), Ok(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+impl Serialize for BatchEvents {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.decoded()
+            .map_err(serde::ser::Error::custom)?
+            .serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for BatchEvents {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Vec::<CdcEvent>::deserialize(deserializer).map(BatchEvents::Decoded)
+    }
 }
 
 /// A `cdc_batch` with its events left as text: the first step of the
@@ -209,18 +313,30 @@ struct BatchFrame<'a> {
 }
 
 impl BatchFrame<'_> {
-    /// Decodes each event from its own text, keeping the text.
+    /// Reads and checks each event from its own text, keeping the text;
+    /// `None` for anything the general decoder (or intake's checks on
+    /// decoded events) must look at more closely.
     fn decode(self) -> Option<CdcBatchMessage> {
+        if self.source_do_id.is_empty() || self.events.is_empty() {
+            return None;
+        }
         let total: usize = self.events.iter().map(|e| e.get().len() + 1).sum();
+        let n = self.events.len();
         let mut received = ReceivedEvents {
             text: String::with_capacity(total + 1),
-            sizes: Vec::with_capacity(self.events.len()),
+            sizes: Vec::with_capacity(n),
+            heads: Vec::with_capacity(n),
+            tables: Vec::new(),
+            digest: 0,
         };
-        let mut events = Vec::with_capacity(self.events.len());
+        let mut digest = Digest::default();
         received.text.push('[');
         for (i, raw) in self.events.iter().enumerate() {
             let text = raw.get();
-            events.push(serde_json::from_str::<CdcEvent>(text).ok()?);
+            let event: EventText = serde_json::from_str(text).ok()?;
+            event.check(&mut received.tables)?;
+            event.digest(&mut digest);
+            received.heads.push((event.sequence, event.timestamp));
             if i > 0 {
                 received.text.push(',');
             }
@@ -228,12 +344,13 @@ impl BatchFrame<'_> {
             received.sizes.push(text.len());
         }
         received.text.push(']');
+        received.digest = digest.finish();
         Some(CdcBatchMessage {
             timestamp: self.timestamp,
             correlation_id: self.correlation_id,
             source_do_id: self.source_do_id,
             source_shard_name: self.source_shard_name,
-            events,
+            events: BatchEvents::Received(received),
             sequence_number: self.sequence_number,
             first_event_sequence: self.first_event_sequence,
             last_event_sequence: self.last_event_sequence,
@@ -241,8 +358,108 @@ impl BatchFrame<'_> {
             is_retry: self.is_retry,
             retry_count: self.retry_count,
             message_type: Some(self.message_type),
-            received: Some(received),
         })
+    }
+}
+
+/// One event read from its text for the one-pass decoder: the fields and
+/// rules of [`CdcEvent`], with the images in canonical form instead of maps.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct EventText<'a> {
+    sequence: u64,
+    timestamp: i64,
+    operation: Operation,
+    #[serde(borrow)]
+    table: Text<'a>,
+    #[serde(borrow)]
+    row_id: RowIdText<'a>,
+    #[serde(default)]
+    before: Option<Image>,
+    #[serde(default)]
+    after: Option<Image>,
+    #[serde(default)]
+    metadata: Option<Canonical>,
+}
+
+impl EventText<'_> {
+    /// The checks of [`validate_batch`] and the lake's limits on images
+    /// (`None` when one fails: the general path then gives the message),
+    /// noting the event's table in `tables` (validated once per table).
+    fn check(&self, tables: &mut Vec<String>) -> Option<()> {
+        let table = self.table.0.as_ref();
+        if !tables.iter().any(|t| t == table) {
+            validate_table_name(table).ok()?;
+            tables.push(table.to_owned());
+        }
+        let needs_after = matches!(self.operation, Operation::Insert | Operation::Update);
+        if self.row_id.0.is_empty() || (needs_after && self.after.is_none()) {
+            return None;
+        }
+        let images = [&self.before, &self.after].into_iter().flatten();
+        let within = |depth: usize| depth <= crate::lake::limits::MAX_JSON_DEPTH;
+        for image in images {
+            if image.keys > crate::lake::limits::MAX_EVENT_KEYS || !within(image.depth) {
+                return None;
+            }
+        }
+        self.metadata
+            .as_ref()
+            .is_none_or(|m| within(m.depth))
+            .then_some(())
+    }
+
+    fn digest(&self, digest: &mut Digest) {
+        fn canonical(out: &mut Vec<u8>, bytes: Option<&[u8]>) {
+            match bytes {
+                Some(bytes) => out.extend_from_slice(bytes),
+                None => out.push(b'-'),
+            }
+        }
+        let before = self.before.as_ref().map(|i| i.bytes.as_slice());
+        let after = self.after.as_ref().map(|i| i.bytes.as_slice());
+        let metadata = self.metadata.as_ref().map(|m| m.bytes.as_slice());
+        digest.event(
+            EventHead {
+                sequence: self.sequence,
+                timestamp: self.timestamp,
+                operation: self.operation,
+                table: &self.table.0,
+                row_id: &self.row_id.0,
+            },
+            |out| canonical(out, before),
+            |out| canonical(out, after),
+            |out| canonical(out, metadata),
+        );
+    }
+}
+
+/// A `rowId` as [`row_id`] reads it (a string, or an integer as its decimal
+/// text), borrowed when it can be.
+struct RowIdText<'a>(std::borrow::Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for RowIdText<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = RowIdText<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string or an integer")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(RowIdText(v.into()))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(RowIdText(v.to_owned().into()))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(RowIdText(v.to_string().into()))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(RowIdText(v.to_string().into()))
+            }
+        }
+        deserializer.deserialize_any(V)
     }
 }
 
@@ -463,17 +680,15 @@ fn decode_general(text: &str) -> Result<ClientMessage, DecodeError> {
 /// way (same types, same deserializers; a duplicate key fails here).
 fn decode_batch_fast(text: &str) -> Option<CdcBatchMessage> {
     let frame: BatchFrame<'_> = serde_json::from_str(text).ok()?;
-    let batch = frame.decode()?;
     let ids = [
-        Some(&batch.source_do_id),
-        batch.source_shard_name.as_ref(),
-        batch.correlation_id.as_ref(),
+        Some(&frame.source_do_id),
+        frame.source_shard_name.as_ref(),
+        frame.correlation_id.as_ref(),
     ];
     if ids.into_iter().flatten().any(|id| id.len() > MAX_ID_BYTES) {
         return None;
     }
-    validate_batch(&batch).ok()?;
-    Some(batch)
+    frame.decode()
 }
 
 /// Best-effort read of a message's top-level `sequenceNumber` without
@@ -495,7 +710,11 @@ fn validate_batch(batch: &CdcBatchMessage) -> Result<(), String> {
     if batch.events.is_empty() {
         return Err("invalid cdc_batch message: field `events` must not be empty".into());
     }
-    for (i, event) in batch.events.iter().enumerate() {
+    // Received events were checked as the one-pass decoder read them.
+    let BatchEvents::Decoded(events) = &batch.events else {
+        return Ok(());
+    };
+    for (i, event) in events.iter().enumerate() {
         let at = |what: &str| format!("invalid cdc_batch message: field `events[{i}]`: {what}");
         validate_table_name(&event.table).map_err(|e| at(&e))?;
         if event.row_id.is_empty() {
@@ -546,9 +765,10 @@ mod tests {
         };
         assert_eq!(b.sequence_number, 7);
         assert_eq!(b.events.len(), 2);
-        assert_eq!(b.events[0].operation, Operation::Insert);
-        assert_eq!(b.events[0].after.as_ref().unwrap()["age"], 3);
-        assert_eq!(b.events[1].row_id, "42");
+        let events = b.events.decoded().unwrap();
+        assert_eq!(events[0].operation, Operation::Insert);
+        assert_eq!(events[0].after.as_ref().unwrap()["age"], 3);
+        assert_eq!(events[1].row_id, "42");
         assert_eq!(b.correlation_id.as_deref(), Some("c-1"));
     }
 
@@ -685,13 +905,9 @@ mod tests {
                     "{key} is set: {fields}"
                 );
             }
-            assert_eq!(
-                CdcBatchMessage {
-                    received: None,
-                    ..fast
-                },
-                general
-            );
+            assert!(matches!(fast.events, BatchEvents::Received(_)));
+            assert!(matches!(general.events, BatchEvents::Decoded(_)));
+            assert_eq!(fast, general);
         }
 
         fn arb_value() -> impl Strategy<Value = Value> {
@@ -757,14 +973,22 @@ mod tests {
                 let fast = decode_batch_fast(&text);
                 match (&fast, &general) {
                     (Some(b), Ok(ClientMessage::CdcBatch(g))) => {
-                        // The text it keeps is the events as sent, decoding to the same.
-                        let received = b.received.clone().expect("the fast path keeps the text");
+                        // The text it keeps is the events as sent, decoding to
+                        // the same events, with the same digest.
+                        let BatchEvents::Received(received) = &b.events else {
+                            panic!("the fast path keeps the text");
+                        };
+                        let BatchEvents::Decoded(events) = &g.events else {
+                            panic!("the general path decodes");
+                        };
                         let again: Vec<CdcEvent> = serde_json::from_str(&received.text).unwrap();
-                        prop_assert_eq!(&again, &b.events);
-                        prop_assert_eq!(received.sizes.len(), b.events.len());
-                        prop_assert!(text.contains(&received.text[1..received.text.len() - 1]) || b.events.len() > 1);
-                        let b = CdcBatchMessage { received: None, ..b.clone() };
-                        prop_assert_eq!(&b, g)
+                        prop_assert_eq!(&again, events);
+                        prop_assert_eq!(received.digest, crate::protocol::events_digest(events));
+                        prop_assert_eq!(received.sizes.len(), events.len());
+                        let heads: Vec<(u64, i64)> = events.iter().map(|e| (e.sequence, e.timestamp)).collect();
+                        prop_assert_eq!(&received.heads, &heads);
+                        prop_assert!(text.contains(&received.text[1..received.text.len() - 1]) || events.len() > 1);
+                        prop_assert_eq!(b, g)
                     }
                     (None, Err(_)) => {}
                     (f, g) => prop_assert!(false, "fast {:?} but general {:?}", f.is_some(), g),
@@ -776,7 +1000,7 @@ mod tests {
                 let general = decode_general(&text);
                 match (decode_batch_fast(&text), general) {
                     (Some(b), Ok(ClientMessage::CdcBatch(g))) => {
-                        prop_assert_eq!(CdcBatchMessage { received: None, ..b }, g)
+                        prop_assert_eq!(b, g)
                     }
                     (Some(b), g) => prop_assert!(false, "fast accepted {:?}, general said {:?}", b, g),
                     (None, _) => {}

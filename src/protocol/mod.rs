@@ -7,14 +7,16 @@
 //! read, so the client can match the `nack` to its pending batch.
 
 mod client;
+mod digest;
 mod server;
 
 pub use client::sniff_sequence_number;
 pub use client::{
-    decode_client_message, Capabilities, CdcBatchMessage, CdcBatchType, CdcEvent, ClientMessage,
-    ConnectMessage, DecodeError, DisconnectMessage, FlushRequestMessage, HeartbeatMessage,
-    Operation, MAX_ID_BYTES,
+    decode_client_message, BatchEvents, Capabilities, CdcBatchMessage, CdcBatchType, CdcEvent,
+    ClientMessage, ConnectMessage, DecodeError, DisconnectMessage, FlushRequestMessage,
+    HeartbeatMessage, Operation, ReceivedEvents, MAX_ID_BYTES,
 };
+pub(crate) use digest::events_digest;
 pub use server::{
     AckDetails, AckMessage, AckStatus, BufferSnapshot, FlushResponseMessage, FlushResult,
     NackMessage, PongMessage, RateLimitInfo, ServerMessage, ServiceState, StatusMessage,

@@ -4,8 +4,8 @@
 use crate::args::Args;
 use crate::gen::Generator;
 use dolake::protocol::{
-    AckStatus, Capabilities, CdcBatchMessage, ConnectMessage, DisconnectMessage, HeartbeatMessage,
-    ServerMessage,
+    AckStatus, BatchEvents, Capabilities, CdcBatchMessage, ConnectMessage, DisconnectMessage,
+    HeartbeatMessage, ServerMessage,
 };
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -170,19 +170,18 @@ impl Shard {
                 source_shard_name: Some(self.name.clone()),
                 first_event_sequence: events.first().map(|e| e.sequence),
                 last_event_sequence: events.last().map(|e| e.sequence),
-                events,
+                events: events.into(),
                 sequence_number,
                 size_bytes: Some(size),
                 is_retry: false,
                 retry_count: 0,
                 message_type: None,
-                received: None,
             };
             self.report.batches_sent += 1;
             self.report.events_sent += n;
             self.live.events_sent.fetch_add(n, Ordering::Relaxed);
             let mut empty = batch.clone();
-            empty.events = Vec::new();
+            empty.events = BatchEvents::default();
             let first = typed("cdc_batch", &empty).replacen(
                 "\"events\":[]",
                 &format!("\"events\":{events_json}"),
@@ -196,7 +195,10 @@ impl Shard {
                     self.live.batches_acked.fetch_add(1, Ordering::Relaxed);
                     self.last_ack = sequence_number as i64;
                     if self.args.keep_acked() {
-                        for e in &batch.events {
+                        let BatchEvents::Decoded(events) = &batch.events else {
+                            unreachable!("the load generator builds its events")
+                        };
+                        for e in events {
                             let mut v = serde_json::to_value(e).expect("event serializes");
                             v["sourceDoId"] = self.source.clone().into();
                             self.report.acked_lines.push(v.to_string());

@@ -1,0 +1,460 @@
+//! The content digest of change events: XXH3 (64 bits) over a canonical byte
+//! form of their decoded content (numbers by value, objects by sorted key,
+//! the last of duplicate keys), so the same events sent as other text (key
+//! order, spacing, escapes) have the same digest. Deduplication keeps it to
+//! tell a resend from a reused sequence number, so it is stored: stable
+//! across builds and targets.
+//!
+//! It is computed two ways that give the same bytes (tested): from decoded
+//! events ([`events_digest`]), and from an event's text in the one pass that
+//! checks it ([`Image`], [`Canonical`]), without building maps.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use xxhash_rust::xxh3::Xxh3;
+
+use super::client::{CdcEvent, Operation};
+
+/// The digest of `events`, in order.
+pub(crate) fn events_digest(events: &[CdcEvent]) -> u64 {
+    let mut digest = Digest::default();
+    for e in events {
+        digest.event(
+            EventHead {
+                sequence: e.sequence,
+                timestamp: e.timestamp,
+                operation: e.operation,
+                table: &e.table,
+                row_id: &e.row_id,
+            },
+            |out| match &e.before {
+                None => out.push(b'-'),
+                Some(map) => put_object(out, map),
+            },
+            |out| match &e.after {
+                None => out.push(b'-'),
+                Some(map) => put_object(out, map),
+            },
+            |out| match &e.metadata {
+                None => out.push(b'-'),
+                Some(v) => put_value(out, v),
+            },
+        );
+    }
+    digest.finish()
+}
+
+/// The scalar fields of an event, in the digest's order.
+pub(crate) struct EventHead<'a> {
+    pub sequence: u64,
+    pub timestamp: i64,
+    pub operation: Operation,
+    pub table: &'a str,
+    pub row_id: &'a str,
+}
+
+/// A digest fed event by event.
+#[derive(Default)]
+pub(crate) struct Digest {
+    hasher: Xxh3,
+    scratch: Vec<u8>,
+}
+
+impl Digest {
+    /// Adds one event: its head, then `before`, `after` and `metadata`, each
+    /// written by its closure in canonical form (`-` when absent).
+    pub fn event(
+        &mut self,
+        head: EventHead<'_>,
+        before: impl FnOnce(&mut Vec<u8>),
+        after: impl FnOnce(&mut Vec<u8>),
+        metadata: impl FnOnce(&mut Vec<u8>),
+    ) {
+        let out = &mut self.scratch;
+        out.clear();
+        out.extend_from_slice(&head.sequence.to_le_bytes());
+        out.extend_from_slice(&head.timestamp.to_le_bytes());
+        put_str(out, head.operation.as_str());
+        put_str(out, head.table);
+        put_str(out, head.row_id);
+        before(out);
+        after(out);
+        metadata(out);
+        self.hasher.update(out);
+    }
+
+    /// The digest of the events added.
+    pub fn finish(&self) -> u64 {
+        self.hasher.digest()
+    }
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    out.extend_from_slice(&(s.len() as u64).to_le_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+fn put_object(out: &mut Vec<u8>, map: &Map<String, Value>) {
+    out.push(b'o');
+    out.extend_from_slice(&(map.len() as u64).to_le_bytes());
+    // serde_json's map is ordered by key: the order of the text plays no part.
+    for (k, v) in map {
+        put_str(out, k);
+        put_value(out, v);
+    }
+}
+
+fn put_value(out: &mut Vec<u8>, v: &Value) {
+    match v {
+        Value::Null => out.push(b'n'),
+        Value::Bool(b) => out.push(if *b { b't' } else { b'f' }),
+        Value::Number(n) => {
+            if let Some(u) = n.as_u64() {
+                put_u64(out, u);
+            } else if let Some(i) = n.as_i64() {
+                put_i64(out, i);
+            } else {
+                put_f64(out, n.as_f64().unwrap_or(f64::NAN));
+            }
+        }
+        Value::String(s) => {
+            out.push(b's');
+            put_str(out, s);
+        }
+        Value::Array(items) => {
+            out.push(b'a');
+            out.extend_from_slice(&(items.len() as u64).to_le_bytes());
+            items.iter().for_each(|item| put_value(out, item));
+        }
+        Value::Object(map) => put_object(out, map),
+    }
+}
+
+fn put_u64(out: &mut Vec<u8>, u: u64) {
+    out.push(b'u');
+    out.extend_from_slice(&u.to_le_bytes());
+}
+
+fn put_i64(out: &mut Vec<u8>, i: i64) {
+    out.push(b'i');
+    out.extend_from_slice(&i.to_le_bytes());
+}
+
+fn put_f64(out: &mut Vec<u8>, f: f64) {
+    out.push(b'd');
+    out.extend_from_slice(&f.to_bits().to_le_bytes());
+}
+
+/// An event's `before` or `after` read from its text: a JSON object (any
+/// other value is refused, as decoding it into a map would), in canonical
+/// form, with its count of distinct keys and its nesting.
+#[derive(Debug, Default)]
+pub(crate) struct Image {
+    /// The canonical bytes.
+    pub bytes: Vec<u8>,
+    /// Distinct keys.
+    pub keys: usize,
+    /// Levels of arrays and objects, the image itself counting as one.
+    pub depth: usize,
+}
+
+impl<'de> Deserialize<'de> for Image {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ObjectOnly;
+        impl<'de> Visitor<'de> for ObjectOnly {
+            type Value = Image;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Image, A::Error> {
+                let mut bytes = Vec::with_capacity(256);
+                let shape = CanonicalSeed { out: &mut bytes }.visit_map(map)?;
+                Ok(Image {
+                    bytes,
+                    keys: shape.keys,
+                    depth: shape.depth,
+                })
+            }
+        }
+        deserializer.deserialize_map(ObjectOnly)
+    }
+}
+
+/// Any JSON value read from its text (an event's `metadata`), in canonical
+/// form, with its nesting.
+#[derive(Debug, Default)]
+pub(crate) struct Canonical {
+    /// The canonical bytes.
+    pub bytes: Vec<u8>,
+    /// Levels of arrays and objects (0 for a scalar).
+    pub depth: usize,
+}
+
+impl<'de> Deserialize<'de> for Canonical {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let mut bytes = Vec::new();
+        let shape = CanonicalSeed { out: &mut bytes }.deserialize(deserializer)?;
+        Ok(Canonical {
+            bytes,
+            depth: shape.depth,
+        })
+    }
+}
+
+/// What writing a value canonically learned of it.
+#[derive(Clone, Copy)]
+struct Shape {
+    depth: usize,
+    /// Distinct keys, for an object.
+    keys: usize,
+}
+
+impl Shape {
+    const SCALAR: Shape = Shape { depth: 0, keys: 0 };
+}
+
+/// Writes one value, as [`put_value`] writes its decoded form.
+struct CanonicalSeed<'o> {
+    out: &'o mut Vec<u8>,
+}
+
+impl<'de> DeserializeSeed<'de> for CanonicalSeed<'_> {
+    type Value = Shape;
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Shape, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+/// A string, borrowed from the text when it has no escapes.
+pub(crate) struct Text<'de>(pub Cow<'de, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Text<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Owned(v)))
+            }
+        }
+        deserializer.deserialize_str(V)
+    }
+}
+
+// Each `visit_*` mirrors serde_json's own `Value` visitor, so a value reads
+// the same here as decoded into a `Value`.
+impl<'de> Visitor<'de> for CanonicalSeed<'_> {
+    type Value = Shape;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_unit<E>(self) -> Result<Shape, E> {
+        self.out.push(b'n');
+        Ok(Shape::SCALAR)
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Shape, E> {
+        self.out.push(if v { b't' } else { b'f' });
+        Ok(Shape::SCALAR)
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Shape, E> {
+        put_u64(self.out, v);
+        Ok(Shape::SCALAR)
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Shape, E> {
+        // A `Number` made from an i64 holds a non-negative one as unsigned.
+        match u64::try_from(v) {
+            Ok(u) => put_u64(self.out, u),
+            Err(_) => put_i64(self.out, v),
+        }
+        Ok(Shape::SCALAR)
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Shape, E> {
+        // What is not a finite number decodes to `null`.
+        if v.is_finite() {
+            put_f64(self.out, v);
+        } else {
+            self.out.push(b'n');
+        }
+        Ok(Shape::SCALAR)
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Shape, E> {
+        self.out.push(b's');
+        put_str(self.out, v);
+        Ok(Shape::SCALAR)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Shape, A::Error> {
+        let out = self.out;
+        out.push(b'a');
+        let len_at = out.len();
+        out.extend_from_slice(&[0; 8]);
+        let (mut len, mut depth) = (0u64, 0);
+        while let Some(shape) = seq.next_element_seed(CanonicalSeed { out: &mut *out })? {
+            len += 1;
+            depth = depth.max(shape.depth);
+        }
+        out[len_at..len_at + 8].copy_from_slice(&len.to_le_bytes());
+        Ok(Shape {
+            depth: depth + 1,
+            keys: 0,
+        })
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Shape, A::Error> {
+        let out = self.out;
+        out.push(b'o');
+        let len_at = out.len();
+        out.extend_from_slice(&[0; 8]);
+        let body = out.len();
+        // Each entry's key and where its bytes (key, then value) lie.
+        let mut entries: Vec<(Cow<'de, str>, usize, usize)> = Vec::new();
+        let mut depth = 0;
+        while let Some(Text(key)) = map.next_key()? {
+            let start = out.len();
+            put_str(out, &key);
+            let shape = map.next_value_seed(CanonicalSeed { out: &mut *out })?;
+            depth = depth.max(shape.depth);
+            entries.push((key, start, out.len()));
+        }
+        let mut keys = entries.len();
+        if entries.windows(2).any(|w| w[0].0 >= w[1].0) {
+            // Sorted by key (a stable sort: equal keys stay in text order),
+            // keeping the last of equal keys, as a map decoded from the text.
+            let mut order: Vec<usize> = (0..entries.len()).collect();
+            order.sort_by(|&a, &b| entries[a].0.cmp(&entries[b].0));
+            let mut sorted = Vec::with_capacity(out.len() - body);
+            keys = 0;
+            for (i, &e) in order.iter().enumerate() {
+                let superseded = order
+                    .get(i + 1)
+                    .is_some_and(|&next| entries[next].0 == entries[e].0);
+                if !superseded {
+                    sorted.extend_from_slice(&out[entries[e].1..entries[e].2]);
+                    keys += 1;
+                }
+            }
+            out.truncate(body);
+            out.extend_from_slice(&sorted);
+        }
+        out[len_at..len_at + 8].copy_from_slice(&(keys as u64).to_le_bytes());
+        Ok(Shape {
+            depth: depth + 1,
+            keys,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn canonical_of_text(text: &str) -> Vec<u8> {
+        serde_json::from_str::<Canonical>(text).unwrap().bytes
+    }
+
+    fn canonical_of_value(text: &str) -> Vec<u8> {
+        let mut out = Vec::new();
+        put_value(&mut out, &serde_json::from_str(text).unwrap());
+        out
+    }
+
+    #[test]
+    fn text_and_decoded_value_give_the_same_bytes() {
+        for text in [
+            r#"{"b":1,"a":[1,-2,3.5,"x\u00e9",null,true,{"z":{},"y":[]}],"c":-0}"#,
+            r#"{"k":1,"k":2,"a":0}"#,
+            r#"[18446744073709551615,-9223372036854775808,1e300,0.1]"#,
+            r#""\ud83d\ude00 \" \\""#,
+            r#"{}"#,
+        ] {
+            assert_eq!(canonical_of_text(text), canonical_of_value(text), "{text}");
+        }
+    }
+
+    #[test]
+    fn an_image_must_be_an_object_and_counts_distinct_keys_and_levels() {
+        assert!(serde_json::from_str::<Image>("[1]").is_err());
+        assert!(serde_json::from_str::<Image>("5").is_err());
+        let image: Image = serde_json::from_str(r#"{"a":1,"b":{"c":[1]},"a":3}"#).unwrap();
+        assert_eq!((image.keys, image.depth), (2, 3));
+        let flat: Image = serde_json::from_str(r#"{}"#).unwrap();
+        assert_eq!((flat.keys, flat.depth), (0, 1));
+    }
+
+    /// A JSON value as text, whose objects may repeat keys and list them in
+    /// any order.
+    #[derive(Debug, Clone)]
+    enum Tree {
+        Leaf(Value),
+        Array(Vec<Tree>),
+        Object(Vec<(String, Tree)>),
+    }
+
+    impl Tree {
+        fn text(&self) -> String {
+            match self {
+                Tree::Leaf(v) => v.to_string(),
+                Tree::Array(items) => {
+                    let items: Vec<String> = items.iter().map(Tree::text).collect();
+                    format!("[{}]", items.join(","))
+                }
+                Tree::Object(pairs) => {
+                    let pairs: Vec<String> = pairs
+                        .iter()
+                        .map(|(k, v)| format!("{}:{}", Value::from(k.as_str()), v.text()))
+                        .collect();
+                    format!("{{{}}}", pairs.join(","))
+                }
+            }
+        }
+    }
+
+    fn arb_tree() -> impl Strategy<Value = Tree> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(Value::from),
+            "[a-c\\\\\"\u{e9}\u{1F600}]{0,4}".prop_map(Value::from),
+        ]
+        .prop_map(Tree::Leaf);
+        leaf.prop_recursive(4, 24, 5, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..5).prop_map(Tree::Array),
+                prop::collection::vec(("[a-d]{0,2}", inner), 0..5).prop_map(Tree::Object),
+            ]
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn any_text_gives_the_bytes_of_its_decoded_value(tree in arb_tree()) {
+            let text = tree.text();
+            prop_assert_eq!(canonical_of_text(&text), canonical_of_value(&text), "{}", text);
+        }
+    }
+}
