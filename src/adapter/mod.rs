@@ -8,6 +8,7 @@ mod flusher;
 mod index;
 mod object;
 mod r2;
+mod sockets;
 mod store;
 
 use worker::{event, Context, Env, Method, Request, Response, Result};

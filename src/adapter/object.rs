@@ -29,8 +29,9 @@ pub(super) enum Core {
     Failed(Error),
 }
 
-/// The DoLake Durable Object.
-#[durable_object]
+/// The DoLake Durable Object. The macro exports its constructor, `fetch`
+/// and `alarm`; its WebSocket entry points are in `sockets.rs`.
+#[durable_object(alarm)]
 pub struct DoLake {
     pub(super) state: State,
     pub(super) store: Option<Store>,
