@@ -5,6 +5,10 @@
 //! [`decode_client_message`] never panics on any input; when it refuses a
 //! message it still recovers the batch's `sequenceNumber` whenever it can be
 //! read, so the client can match the `nack` to its pending batch.
+//!
+//! A valid `cdc_batch` is read in one typed pass that keeps each event's
+//! text and never builds its images as maps ([`BatchEvents::Received`]); the
+//! `digest` module owns the events' content digest that deduplication keeps.
 
 mod client;
 mod digest;
