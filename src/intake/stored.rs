@@ -96,9 +96,10 @@ impl Incoming {
     }
 }
 
-/// Reads the stored events of a batch back.
+/// Reads the stored events of a batch back (each event with the nesting
+/// budget the decoder read it with, so whatever intake accepted reads back).
 pub fn decode_events(payload: &str) -> Result<Vec<CdcEvent>> {
-    serde_json::from_str(payload)
+    crate::protocol::events_of(payload)
         .map_err(|e| Error::storage(format!("a buffered batch could not be decoded: {e}")))
 }
 

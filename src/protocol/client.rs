@@ -3,8 +3,6 @@
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 
-use super::digest::{Canonical, Digest, EventHead, Image, Text};
-
 /// The operation of a change event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Operation {
@@ -215,7 +213,9 @@ impl BatchEvents {
     pub fn decoded(&self) -> serde_json::Result<std::borrow::Cow<'_, [CdcEvent]>> {
         match self {
             BatchEvents::Decoded(events) => Ok(std::borrow::Cow::Borrowed(events)),
-            BatchEvents::Received(r) => serde_json::from_str(&r.text).map(std::borrow::Cow::Owned),
+            BatchEvents::Received(r) => {
+                super::fast::events_of(&r.text).map(std::borrow::Cow::Owned)
+            }
         }
     }
 }
@@ -225,7 +225,7 @@ impl BatchEvents {
     pub fn into_vec(self) -> serde_json::Result<Vec<CdcEvent>> {
         match self {
             BatchEvents::Decoded(events) => Ok(events),
-            BatchEvents::Received(r) => serde_json::from_str(&r.text),
+            BatchEvents::Received(r) => super::fast::events_of(&r.text),
         }
     }
 
@@ -280,186 +280,6 @@ impl Serialize for BatchEvents {
 impl<'de> Deserialize<'de> for BatchEvents {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         Vec::<CdcEvent>::deserialize(deserializer).map(BatchEvents::Decoded)
-    }
-}
-
-/// A `cdc_batch` with its events left as text: the first step of the
-/// one-pass decoder (the same fields and rules as [`CdcBatchMessage`]).
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct BatchFrame<'a> {
-    #[serde(default)]
-    timestamp: Option<i64>,
-    #[serde(default)]
-    correlation_id: Option<String>,
-    source_do_id: String,
-    #[serde(default)]
-    source_shard_name: Option<String>,
-    #[serde(borrow)]
-    events: Vec<&'a serde_json::value::RawValue>,
-    sequence_number: u64,
-    #[serde(default)]
-    first_event_sequence: Option<u64>,
-    #[serde(default)]
-    last_event_sequence: Option<u64>,
-    #[serde(default)]
-    size_bytes: Option<u64>,
-    #[serde(default)]
-    is_retry: bool,
-    #[serde(default)]
-    retry_count: u32,
-    #[serde(rename = "type")]
-    message_type: CdcBatchType,
-}
-
-impl BatchFrame<'_> {
-    /// Reads and checks each event from its own text, keeping the text;
-    /// `None` for anything the general decoder (or intake's checks on
-    /// decoded events) must look at more closely.
-    fn decode(self) -> Option<CdcBatchMessage> {
-        if self.source_do_id.is_empty() || self.events.is_empty() {
-            return None;
-        }
-        let total: usize = self.events.iter().map(|e| e.get().len() + 1).sum();
-        let n = self.events.len();
-        let mut received = ReceivedEvents {
-            text: String::with_capacity(total + 1),
-            sizes: Vec::with_capacity(n),
-            heads: Vec::with_capacity(n),
-            tables: Vec::new(),
-            digest: 0,
-        };
-        let mut digest = Digest::default();
-        received.text.push('[');
-        for (i, raw) in self.events.iter().enumerate() {
-            let text = raw.get();
-            let event: EventText = serde_json::from_str(text).ok()?;
-            event.check(&mut received.tables)?;
-            event.digest(&mut digest);
-            received.heads.push((event.sequence, event.timestamp));
-            if i > 0 {
-                received.text.push(',');
-            }
-            received.text.push_str(text);
-            received.sizes.push(text.len());
-        }
-        received.text.push(']');
-        received.digest = digest.finish();
-        Some(CdcBatchMessage {
-            timestamp: self.timestamp,
-            correlation_id: self.correlation_id,
-            source_do_id: self.source_do_id,
-            source_shard_name: self.source_shard_name,
-            events: BatchEvents::Received(received),
-            sequence_number: self.sequence_number,
-            first_event_sequence: self.first_event_sequence,
-            last_event_sequence: self.last_event_sequence,
-            size_bytes: self.size_bytes,
-            is_retry: self.is_retry,
-            retry_count: self.retry_count,
-            message_type: Some(self.message_type),
-        })
-    }
-}
-
-/// One event read from its text for the one-pass decoder: the fields and
-/// rules of [`CdcEvent`], with the images in canonical form instead of maps.
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct EventText<'a> {
-    sequence: u64,
-    timestamp: i64,
-    operation: Operation,
-    #[serde(borrow)]
-    table: Text<'a>,
-    #[serde(borrow)]
-    row_id: RowIdText<'a>,
-    #[serde(default)]
-    before: Option<Image>,
-    #[serde(default)]
-    after: Option<Image>,
-    #[serde(default)]
-    metadata: Option<Canonical>,
-}
-
-impl EventText<'_> {
-    /// The checks of [`validate_batch`] and the lake's limits on images
-    /// (`None` when one fails: the general path then gives the message),
-    /// noting the event's table in `tables` (validated once per table).
-    fn check(&self, tables: &mut Vec<String>) -> Option<()> {
-        let table = self.table.0.as_ref();
-        if !tables.iter().any(|t| t == table) {
-            validate_table_name(table).ok()?;
-            tables.push(table.to_owned());
-        }
-        let needs_after = matches!(self.operation, Operation::Insert | Operation::Update);
-        if self.row_id.0.is_empty() || (needs_after && self.after.is_none()) {
-            return None;
-        }
-        let images = [&self.before, &self.after].into_iter().flatten();
-        let within = |depth: usize| depth <= crate::lake::limits::MAX_JSON_DEPTH;
-        for image in images {
-            if image.keys > crate::lake::limits::MAX_EVENT_KEYS || !within(image.depth) {
-                return None;
-            }
-        }
-        self.metadata
-            .as_ref()
-            .is_none_or(|m| within(m.depth))
-            .then_some(())
-    }
-
-    fn digest(&self, digest: &mut Digest) {
-        fn canonical(out: &mut Vec<u8>, bytes: Option<&[u8]>) {
-            match bytes {
-                Some(bytes) => out.extend_from_slice(bytes),
-                None => out.push(b'-'),
-            }
-        }
-        let before = self.before.as_ref().map(|i| i.bytes.as_slice());
-        let after = self.after.as_ref().map(|i| i.bytes.as_slice());
-        let metadata = self.metadata.as_ref().map(|m| m.bytes.as_slice());
-        digest.event(
-            EventHead {
-                sequence: self.sequence,
-                timestamp: self.timestamp,
-                operation: self.operation,
-                table: &self.table.0,
-                row_id: &self.row_id.0,
-            },
-            |out| canonical(out, before),
-            |out| canonical(out, after),
-            |out| canonical(out, metadata),
-        );
-    }
-}
-
-/// A `rowId` as [`row_id`] reads it (a string, or an integer as its decimal
-/// text), borrowed when it can be.
-struct RowIdText<'a>(std::borrow::Cow<'a, str>);
-
-impl<'de: 'a, 'a> Deserialize<'de> for RowIdText<'a> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> serde::de::Visitor<'de> for V {
-            type Value = RowIdText<'de>;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a string or an integer")
-            }
-            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
-                Ok(RowIdText(v.into()))
-            }
-            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
-                Ok(RowIdText(v.to_owned().into()))
-            }
-            fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
-                Ok(RowIdText(v.to_string().into()))
-            }
-            fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
-                Ok(RowIdText(v.to_string().into()))
-            }
-        }
-        deserializer.deserialize_any(V)
     }
 }
 
@@ -672,23 +492,12 @@ fn decode_general(text: &str) -> Result<ClientMessage, DecodeError> {
     decoded.map_err(fail)
 }
 
-/// The common case, typed: a valid `cdc_batch`, decoded straight from the
-/// text (no `Value` tree converted again), each event from its own text,
-/// which the batch keeps (`received`) for intake to store. Anything else, including
-/// every invalid batch, returns `None` and takes the general path, which
-/// gives the precise error; whatever this accepts, that path accepts the same
-/// way (same types, same deserializers; a duplicate key fails here).
+/// The common case, typed: a valid `cdc_batch`, read in one pass
+/// (`protocol::fast`). Anything else, including every invalid batch,
+/// returns `None` and takes the general path, which gives the precise error;
+/// whatever this accepts, that path accepts the same way.
 fn decode_batch_fast(text: &str) -> Option<CdcBatchMessage> {
-    let frame: BatchFrame<'_> = serde_json::from_str(text).ok()?;
-    let ids = [
-        Some(&frame.source_do_id),
-        frame.source_shard_name.as_ref(),
-        frame.correlation_id.as_ref(),
-    ];
-    if ids.into_iter().flatten().any(|id| id.len() > MAX_ID_BYTES) {
-        return None;
-    }
-    frame.decode()
+    super::fast::decode_batch(text)
 }
 
 /// Best-effort read of a message's top-level `sequenceNumber` without
@@ -871,7 +680,7 @@ mod tests {
         use super::*;
         use proptest::prelude::*;
 
-        /// `BatchFrame` repeats the fields of `CdcBatchMessage`: every one of
+        /// The one-pass decoder repeats the fields of `CdcBatchMessage`: every one of
         /// them, set, comes out of the fast path as out of the general one.
         #[test]
         fn every_field_of_a_batch_survives_the_fast_path() {

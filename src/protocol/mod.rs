@@ -12,6 +12,7 @@
 
 mod client;
 mod digest;
+mod fast;
 mod server;
 
 pub use client::sniff_sequence_number;
@@ -21,6 +22,7 @@ pub use client::{
     HeartbeatMessage, Operation, ReceivedEvents, MAX_ID_BYTES,
 };
 pub(crate) use digest::events_digest;
+pub(crate) use fast::events_of;
 pub use server::{
     AckDetails, AckMessage, AckStatus, BufferSnapshot, FlushResponseMessage, FlushResult,
     NackMessage, PongMessage, RateLimitInfo, ServerMessage, ServiceState, StatusMessage,
