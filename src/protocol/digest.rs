@@ -22,7 +22,22 @@ use super::client::{CdcEvent, Operation};
 /// The digest of `events`, in order.
 pub(crate) fn events_digest(events: &[CdcEvent]) -> u64 {
     let mut digest = Digest::default();
+    let (mut before, mut after, mut metadata) = (Vec::new(), Vec::new(), Vec::new());
     for e in events {
+        for (out, image) in [(&mut before, &e.before), (&mut after, &e.after)] {
+            out.clear();
+            if let Some(map) = image {
+                put_object(out, map);
+            }
+        }
+        metadata.clear();
+        if let Some(v) = &e.metadata {
+            put_value(&mut metadata, v);
+        }
+        // A value's canonical bytes are never empty: empty is absent.
+        fn part(bytes: &[u8]) -> Option<&[u8]> {
+            (!bytes.is_empty()).then_some(bytes)
+        }
         digest.event(
             EventHead {
                 sequence: e.sequence,
@@ -31,18 +46,7 @@ pub(crate) fn events_digest(events: &[CdcEvent]) -> u64 {
                 table: &e.table,
                 row_id: &e.row_id,
             },
-            |out| match &e.before {
-                None => out.push(b'-'),
-                Some(map) => put_object(out, map),
-            },
-            |out| match &e.after {
-                None => out.push(b'-'),
-                Some(map) => put_object(out, map),
-            },
-            |out| match &e.metadata {
-                None => out.push(b'-'),
-                Some(v) => put_value(out, v),
-            },
+            [part(&before), part(&after), part(&metadata)],
         );
     }
     digest.finish()
@@ -65,15 +69,9 @@ pub(crate) struct Digest {
 }
 
 impl Digest {
-    /// Adds one event: its head, then `before`, `after` and `metadata`, each
-    /// written by its closure in canonical form (`-` when absent).
-    pub fn event(
-        &mut self,
-        head: EventHead<'_>,
-        before: impl FnOnce(&mut Vec<u8>),
-        after: impl FnOnce(&mut Vec<u8>),
-        metadata: impl FnOnce(&mut Vec<u8>),
-    ) {
+    /// Adds one event: its head, then the canonical bytes of `before`,
+    /// `after` and `metadata` (`-` for one that is absent).
+    pub fn event(&mut self, head: EventHead<'_>, parts: [Option<&[u8]>; 3]) {
         let out = &mut self.scratch;
         out.clear();
         out.extend_from_slice(&head.sequence.to_le_bytes());
@@ -81,10 +79,11 @@ impl Digest {
         put_str(out, head.operation.as_str());
         put_str(out, head.table);
         put_str(out, head.row_id);
-        before(out);
-        after(out);
-        metadata(out);
         self.hasher.update(out);
+        // A streaming hash: the same digest as of the bytes joined.
+        for part in parts {
+            self.hasher.update(part.unwrap_or(b"-"));
+        }
     }
 
     /// The digest of the events added.
@@ -339,22 +338,20 @@ impl<'de> Visitor<'de> for CanonicalSeed<'_> {
         let mut keys = entries.len();
         if entries.windows(2).any(|w| w[0].0 >= w[1].0) {
             // Sorted by key (a stable sort: equal keys stay in text order),
-            // keeping the last of equal keys, as a map decoded from the text.
-            let mut order: Vec<usize> = (0..entries.len()).collect();
-            order.sort_by(|&a, &b| entries[a].0.cmp(&entries[b].0));
-            let mut sorted = Vec::with_capacity(out.len() - body);
+            // keeping the last of equal keys, as a map decoded from the text;
+            // written after the entries, then moved into their place.
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            let end = out.len();
             keys = 0;
-            for (i, &e) in order.iter().enumerate() {
-                let superseded = order
-                    .get(i + 1)
-                    .is_some_and(|&next| entries[next].0 == entries[e].0);
+            for (i, (key, start, stop)) in entries.iter().enumerate() {
+                let superseded = entries.get(i + 1).is_some_and(|next| next.0 == *key);
                 if !superseded {
-                    sorted.extend_from_slice(&out[entries[e].1..entries[e].2]);
+                    out.extend_from_within(*start..*stop);
                     keys += 1;
                 }
             }
-            out.truncate(body);
-            out.extend_from_slice(&sorted);
+            out.copy_within(end.., body);
+            out.truncate(body + (out.len() - end));
         }
         out[len_at..len_at + 8].copy_from_slice(&(keys as u64).to_le_bytes());
         Ok(Shape {
