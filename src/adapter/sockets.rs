@@ -9,6 +9,7 @@
 //! batches (`make profile`). Here the runtime's `TextEncoder` encodes the
 //! frame natively and the bytes cross into WASM memory in one copy.
 
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
 
 use wasm_bindgen::prelude::*;
@@ -47,6 +48,16 @@ fn incoming(message: JsValue) -> WebSocketIncomingMessage {
     WebSocketIncomingMessage::String(text)
 }
 
+/// What an export resolves to: `null`, or the handler's error. Asserted
+/// unwind-safe, as the macro's exports are (handler futures hold
+/// `worker::Error`).
+async fn settle(handler: impl Future<Output = worker::Result<()>>) -> Result<JsValue, JsValue> {
+    AssertUnwindSafe(handler)
+        .await
+        .map(|()| JsValue::NULL)
+        .map_err(JsValue::from)
+}
+
 #[wasm_bindgen(
     wasm_bindgen = ::worker::wasm_bindgen,
     wasm_bindgen_futures = ::worker::wasm_bindgen_futures,
@@ -60,12 +71,11 @@ impl DoLake {
         ws: worker::worker_sys::web_sys::WebSocket,
         message: JsValue,
     ) -> Result<JsValue, JsValue> {
-        AssertUnwindSafe(async move {
-            <Self as DurableObject>::websocket_message(self, ws.into(), incoming(message))
-                .await
-                .map(|()| JsValue::NULL)
-                .map_err(JsValue::from)
-        })
+        settle(<Self as DurableObject>::websocket_message(
+            self,
+            ws.into(),
+            incoming(message),
+        ))
         .await
     }
 
@@ -78,12 +88,13 @@ impl DoLake {
         reason: String,
         was_clean: bool,
     ) -> Result<JsValue, JsValue> {
-        AssertUnwindSafe(async move {
-            <Self as DurableObject>::websocket_close(self, ws.into(), code, reason, was_clean)
-                .await
-                .map(|()| JsValue::NULL)
-                .map_err(JsValue::from)
-        })
+        settle(<Self as DurableObject>::websocket_close(
+            self,
+            ws.into(),
+            code,
+            reason,
+            was_clean,
+        ))
         .await
     }
 
@@ -94,12 +105,11 @@ impl DoLake {
         ws: worker::worker_sys::web_sys::WebSocket,
         error: JsValue,
     ) -> Result<JsValue, JsValue> {
-        AssertUnwindSafe(async move {
-            <Self as DurableObject>::websocket_error(self, ws.into(), error.into())
-                .await
-                .map(|()| JsValue::NULL)
-                .map_err(JsValue::from)
-        })
+        settle(<Self as DurableObject>::websocket_error(
+            self,
+            ws.into(),
+            error.into(),
+        ))
         .await
     }
 }

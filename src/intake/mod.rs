@@ -32,9 +32,9 @@ use crate::protocol::{
 pub use seqset::SeqSet;
 pub use source::SourceState;
 pub use stored::decode_events;
-use stored::Incoming;
 #[cfg(test)]
-use stored::{fingerprint, legacy_fingerprint};
+use stored::legacy_fingerprint;
+use stored::Incoming;
 
 /// How long a `buffer_full` refusal asks the shard to wait, ms.
 pub const BUFFER_FULL_RETRY_MS: u64 = 5_000;

@@ -1,7 +1,8 @@
 //! The stored form of a batch, in one place: its events as a JSON array of
 //! the protocol's events (as received, or encoded when a batch was built in
 //! code), cut into chunks for storage rows, and read back by the flush; and
-//! the fingerprint of a batch's events that deduplication keeps.
+//! the fingerprint deduplication keeps (the events' content digest,
+//! `protocol::digest`, and the legacy print of earlier versions).
 
 use super::BatchRecord;
 use crate::error::{Error, Result};
@@ -120,14 +121,6 @@ impl BatchRecord {
         }
         chunks
     }
-}
-
-/// The fingerprint of a batch's events: their content digest (XXH3 of
-/// their decoded content, `protocol::digest`), so the same events sent as
-/// other text (key order, spacing) have the same print.
-#[cfg(test)]
-pub(crate) fn fingerprint(events: &[CdcEvent]) -> u64 {
-    events_digest(events)
 }
 
 /// The fingerprint of versions before 2026-12: FNV-1a (64 bits) of the

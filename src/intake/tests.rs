@@ -1,5 +1,5 @@
 use super::*;
-use crate::protocol::{CdcEvent, Operation};
+use crate::protocol::{events_digest, CdcEvent, Operation};
 use serde_json::json;
 
 fn event(sequence: u64, table: &str) -> CdcEvent {
@@ -603,19 +603,19 @@ fn a_resend_of_a_batch_acked_by_an_older_version_is_still_a_duplicate() {
 #[test]
 fn the_fingerprint_is_stable_and_sees_every_field() {
     let events = batch("a", 1, 0..2).events.into_vec().unwrap();
-    let base = fingerprint(&events);
+    let base = events_digest(&events);
     // A stored value: it must not change between builds or targets.
     assert_eq!(base, 0x9441_816c_6ec5_36d0);
     let mut changed = events.clone();
     changed[1].row_id.push('x');
-    assert_ne!(fingerprint(&changed), base);
+    assert_ne!(events_digest(&changed), base);
     let mut changed = events.clone();
     changed[0]
         .after
         .as_mut()
         .unwrap()
         .insert("name".into(), json!("y"));
-    assert_ne!(fingerprint(&changed), base);
+    assert_ne!(events_digest(&changed), base);
     let mut changed = events.clone();
     changed[0]
         .after
@@ -623,13 +623,13 @@ fn the_fingerprint_is_stable_and_sees_every_field() {
         .unwrap()
         .insert("id".into(), json!(0.0));
     assert_ne!(
-        fingerprint(&changed),
+        events_digest(&changed),
         base,
         "0 and 0.0 are different values"
     );
     let mut changed = events.clone();
     changed.swap(0, 1);
-    assert_ne!(fingerprint(&changed), base, "order matters");
+    assert_ne!(events_digest(&changed), base, "order matters");
 }
 
 /// Where the CPU of one batch goes on the intake path, natively (issue 12's

@@ -55,13 +55,38 @@ pub struct CdcEvent {
 }
 
 fn row_id<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
-    match Value::deserialize(d)? {
-        Value::String(s) => Ok(s),
-        Value::Number(n) if n.is_i64() || n.is_u64() => Ok(n.to_string()),
-        other => Err(serde::de::Error::custom(format!(
-            "expected a string or an integer, got {}",
-            json_kind(&other)
-        ))),
+    RowIdText::deserialize(d).map(|id| id.0.into_owned())
+}
+
+/// A `rowId`: a string, or an integer kept as its decimal text; borrowed
+/// from the message when it can be (the one-pass decoder's events).
+pub(super) struct RowIdText<'a>(pub(super) std::borrow::Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for RowIdText<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = RowIdText<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string or an integer")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(RowIdText(v.into()))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(RowIdText(v.to_owned().into()))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+                Ok(RowIdText(v.into()))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(RowIdText(v.to_string().into()))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(RowIdText(v.to_string().into()))
+            }
+        }
+        deserializer.deserialize_any(V)
     }
 }
 
@@ -177,13 +202,13 @@ pub enum BatchEvents {
     Received(ReceivedEvents),
 }
 
-/// A batch's events as received: the array's text (the events' own text,
-/// joined by commas), and what the one-pass decoder read of each event.
+/// A batch's events as received: the array's text as sent, and what the
+/// one-pass decoder read of each event.
 /// Made only by the decoder, which checked the text decodes to valid events
 /// whose images are within the lake's limits.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ReceivedEvents {
-    /// `[e0,e1,...]`, each event exactly as sent.
+    /// The `events` array exactly as sent.
     pub(crate) text: String,
     /// Bytes of each event's text, in order.
     pub(crate) sizes: Vec<usize>,
@@ -218,9 +243,7 @@ impl BatchEvents {
             }
         }
     }
-}
 
-impl BatchEvents {
     /// The events as values, owned.
     pub fn into_vec(self) -> serde_json::Result<Vec<CdcEvent>> {
         match self {

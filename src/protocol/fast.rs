@@ -14,14 +14,12 @@
 //! general decoder then reads the message again to say precisely what is
 //! wrong (or to accept it, for intake's own checks to refuse).
 
-use std::borrow::Cow;
-
-use serde::de::{DeserializeOwned, IgnoredAny};
+use serde::de::IgnoredAny;
 use serde::Deserialize;
 
 use super::client::{
     validate_table_name, BatchEvents, CdcBatchMessage, CdcBatchType, CdcEvent, Operation,
-    ReceivedEvents, MAX_ID_BYTES,
+    ReceivedEvents, RowIdText, MAX_ID_BYTES,
 };
 use super::digest::{Canonical, Digest, EventHead, Image, Text};
 
@@ -96,9 +94,18 @@ impl<'a> Cursor<'a> {
         Ok((value, &rest[..len]))
     }
 
-    /// Reads an optional field's value as `#[serde(default)]` would.
-    fn owned<T: DeserializeOwned>(&mut self) -> Option<T> {
-        self.value::<T>()
+    /// Reads an array, calling `each` at each element (`None` stops it).
+    fn items(&mut self, mut each: impl FnMut(&mut Self) -> Option<()>) -> Option<()> {
+        self.expect(b'[')?;
+        if self.eat(b']') {
+            return Some(());
+        }
+        loop {
+            each(self)?;
+            if !self.eat(b',') {
+                return self.expect(b']');
+            }
+        }
     }
 
     /// Whether only whitespace is left.
@@ -112,24 +119,23 @@ impl<'a> Cursor<'a> {
 /// received), each event read with serde_json's whole nesting budget, as
 /// the one-pass decoder read it: whatever it accepted reads back.
 pub(crate) fn events_of(text: &str) -> serde_json::Result<Vec<CdcEvent>> {
-    let not_an_array = || serde::de::Error::custom("expected a JSON array of events");
     let mut cursor = Cursor { text, at: 0 };
-    let mut events = Vec::new();
-    cursor.expect(b'[').ok_or_else(not_an_array)?;
-    if !cursor.eat(b']') {
-        loop {
-            events.push(cursor.spanned::<CdcEvent>()?.0);
-            if cursor.eat(b',') {
-                continue;
-            }
-            cursor.expect(b']').ok_or_else(not_an_array)?;
-            break;
+    let (mut events, mut error) = (Vec::new(), None);
+    let read = cursor.items(|c| match c.spanned::<CdcEvent>() {
+        Ok((event, _)) => {
+            events.push(event);
+            Some(())
         }
+        Err(e) => {
+            error = Some(e);
+            None
+        }
+    });
+    match (read.filter(|()| cursor.at_end()), error) {
+        (Some(()), _) => Ok(events),
+        (None, Some(e)) => Err(e),
+        (None, None) => Err(serde::de::Error::custom("expected a JSON array of events")),
     }
-    if !cursor.at_end() {
-        return Err(not_an_array());
-    }
-    Ok(events)
 }
 
 /// The top-level fields of a `cdc_batch` as they are read (each at most
@@ -162,17 +168,17 @@ fn once<T>(slot: &mut Option<T>, value: Option<T>) -> Option<()> {
 impl Envelope {
     fn field(&mut self, key: &str, cursor: &mut Cursor<'_>) -> Option<()> {
         match key {
-            "timestamp" => once(&mut self.timestamp, cursor.owned()),
-            "correlationId" => once(&mut self.correlation_id, cursor.owned()),
-            "sourceDoId" => once(&mut self.source_do_id, cursor.owned()),
-            "sourceShardName" => once(&mut self.source_shard_name, cursor.owned()),
+            "timestamp" => once(&mut self.timestamp, cursor.value()),
+            "correlationId" => once(&mut self.correlation_id, cursor.value()),
+            "sourceDoId" => once(&mut self.source_do_id, cursor.value()),
+            "sourceShardName" => once(&mut self.source_shard_name, cursor.value()),
             "events" => once(&mut self.events, read_events(cursor)),
-            "sequenceNumber" => once(&mut self.sequence_number, cursor.owned()),
-            "firstEventSequence" => once(&mut self.first_event_sequence, cursor.owned()),
-            "lastEventSequence" => once(&mut self.last_event_sequence, cursor.owned()),
-            "sizeBytes" => once(&mut self.size_bytes, cursor.owned()),
-            "isRetry" => once(&mut self.is_retry, cursor.owned()),
-            "retryCount" => once(&mut self.retry_count, cursor.owned()),
+            "sequenceNumber" => once(&mut self.sequence_number, cursor.value()),
+            "firstEventSequence" => once(&mut self.first_event_sequence, cursor.value()),
+            "lastEventSequence" => once(&mut self.last_event_sequence, cursor.value()),
+            "sizeBytes" => once(&mut self.size_bytes, cursor.value()),
+            "isRetry" => once(&mut self.is_retry, cursor.value()),
+            "retryCount" => once(&mut self.retry_count, cursor.value()),
             "type" => once(&mut self.message_type, cursor.value()),
             _ => cursor.value::<IgnoredAny>().map(drop),
         }
@@ -210,24 +216,20 @@ impl Envelope {
 /// The `events` array: each event read once where it lies, checked, its
 /// text kept; `None` if it is empty or anything in it is not clearly valid.
 fn read_events(cursor: &mut Cursor<'_>) -> Option<ReceivedEvents> {
-    cursor.expect(b'[')?;
-    let start = cursor.at - 1;
-    if cursor.eat(b']') {
-        return None;
-    }
+    cursor.skip_whitespace();
+    let start = cursor.at;
     let mut received = ReceivedEvents::default();
     let mut digest = Digest::default();
-    loop {
-        let (event, text) = cursor.spanned::<EventText>().ok()?;
+    cursor.items(|c| {
+        let (event, text) = c.spanned::<EventText>().ok()?;
         event.check(&mut received.tables)?;
         event.digest(&mut digest);
         received.heads.push((event.sequence, event.timestamp));
         received.sizes.push(text.len());
-        if cursor.eat(b',') {
-            continue;
-        }
-        cursor.expect(b']')?;
-        break;
+        Some(())
+    })?;
+    if received.sizes.is_empty() {
+        return None;
     }
     // The array as sent, whitespace between events included.
     received.text = cursor.text[start..cursor.at].to_owned();
@@ -297,35 +299,6 @@ impl EventText<'_> {
                 self.metadata.as_ref().map(|m| m.bytes.as_slice()),
             ],
         );
-    }
-}
-
-/// A `rowId` as `CdcEvent` reads it (a string, or an integer as its decimal
-/// text), borrowed when it can be.
-struct RowIdText<'a>(Cow<'a, str>);
-
-impl<'de: 'a, 'a> Deserialize<'de> for RowIdText<'a> {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> serde::de::Visitor<'de> for V {
-            type Value = RowIdText<'de>;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a string or an integer")
-            }
-            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
-                Ok(RowIdText(v.into()))
-            }
-            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
-                Ok(RowIdText(v.to_owned().into()))
-            }
-            fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
-                Ok(RowIdText(v.to_string().into()))
-            }
-            fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
-                Ok(RowIdText(v.to_string().into()))
-            }
-        }
-        deserializer.deserialize_any(V)
     }
 }
 
