@@ -67,12 +67,18 @@ impl Buffer for BufferPort<'_> {
     fn load(&self, first: i64, last: i64) -> Result<Vec<LoadedBatch>> {
         self.store()?.load_batches(first, last)
     }
+    /// Deletes the batches and, in the same transaction, folds what they
+    /// added into their sources' rows.
     fn delete_through(&self, last: i64) -> Result<()> {
-        self.store()?.delete_batches(last)?;
+        let mut core = self.0.core.borrow_mut();
+        let Core::Ready(session) = &mut *core else {
+            return Err(Error::storage("the buffer's sources are not loaded"));
+        };
+        self.store()?
+            .delete_batches(last, session.intake().unfolded())?;
+        session.intake_mut().folded();
         let totals = self.totals()?;
-        if let Core::Ready(session) = &mut *self.0.core.borrow_mut() {
-            session.intake_mut().set_buffer(totals);
-        }
+        session.intake_mut().set_buffer(totals);
         Ok(())
     }
     fn totals(&self) -> Result<BufferTotals> {

@@ -132,6 +132,7 @@ fn start(state: &State, env: &Env) -> (Option<Store>, Core, FlushHistory, u64) {
     let core = DoLakeConfig::parse(config_text.as_deref()).and_then(|config| {
         let restored = Restored {
             sources: store.load_sources()?,
+            unfolded: store.load_unfolded()?,
             totals: store.load_totals()?,
             lake_failing: history.consecutive_failures > 0,
             refusals: store

@@ -2,14 +2,20 @@
 //!
 //! Tables:
 //! - `meta(key, value)`: counters of the object itself.
-//! - `sources(source_id, state)`: each source's [`SourceState`] as JSON,
-//!   including its dedup watermarks.
-//! - `batches(...)`: one row per stored batch, with its accounting.
+//! - `sources(source_id, state, folded_through)`: each source's
+//!   [`SourceState`] as JSON, including its dedup watermarks, as of the
+//!   batch with id `folded_through` (the highest id when it was written).
+//! - `batches(...)`: one row per stored batch, with its accounting and what
+//!   it adds to its source ([`BatchFacts`]: the source's row is not rewritten
+//!   with every batch; batches past `folded_through` are replayed onto it at
+//!   start-up).
 //! - `batch_chunks(batch_id, idx, data)`: the batch's events as JSON text, in
 //!   pieces below the 2 MB row limit of Durable Object SQLite.
 //!
-//! A batch, its chunks and its source's new state are written in one
-//! `transactionSync`: all or nothing.
+//! A batch that fits in its row is one statement. One in pieces, or written
+//! with its source's row, is written in one `transactionSync`: all or
+//! nothing. The flush deletes batches and writes the rows of the sources
+//! that lack them in one transaction too.
 
 use serde::Deserialize;
 use worker::js_sys::{Function, Reflect};
@@ -20,7 +26,7 @@ use worker::{SqlStorage, SqlStorageValue, Storage};
 use crate::error::{Error, Result};
 use crate::flush::{BufferedBatch, FlushHistory, LoadedBatch};
 use crate::intake::decode_events;
-use crate::intake::{BufferTotals, SourceState, StorePlan};
+use crate::intake::{BatchFacts, BufferTotals, SourceState, StorePlan};
 
 /// Largest piece of a batch's JSON in one row. A batch that fits is stored
 /// in its own row (`batches.payload`, one statement); a larger one in
@@ -29,7 +35,8 @@ const CHUNK_BYTES: usize = 1_000_000;
 
 const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS sources (source_id TEXT PRIMARY KEY, state TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS sources (source_id TEXT PRIMARY KEY, state TEXT NOT NULL,
+        folded_through INTEGER NOT NULL DEFAULT 0)",
     "CREATE TABLE IF NOT EXISTS batches (
         id INTEGER PRIMARY KEY AUTOINCREMENT,
         source_id TEXT NOT NULL,
@@ -41,7 +48,8 @@ const SCHEMA: &[&str] = &[
         received_at INTEGER NOT NULL,
         tables TEXT NOT NULL,
         chunks INTEGER NOT NULL,
-        payload TEXT)",
+        payload TEXT,
+        fingerprint TEXT)",
     "CREATE TABLE IF NOT EXISTS batch_chunks (
         batch_id INTEGER NOT NULL,
         idx INTEGER NOT NULL,
@@ -96,6 +104,17 @@ struct BatchRow {
 }
 
 #[derive(Deserialize)]
+struct FactsRow {
+    source_id: String,
+    batch_seq: String,
+    last_event_seq: String,
+    event_count: i64,
+    size_bytes: i64,
+    received_at: i64,
+    fingerprint: Option<String>,
+}
+
+#[derive(Deserialize)]
 struct ChunkRow {
     batch_id: i64,
     data: String,
@@ -113,19 +132,47 @@ impl Store {
             sql.exec(statement, None)
                 .map_err(|e| storage_error("creating tables", e))?;
         }
+        let store = Self { storage, sql };
         // Buffers written before batches kept their payload in their row.
-        let columns: Vec<serde_json::Value> = sql
+        if !store.has_column("batches", "payload")? {
+            store.transaction(vec![(
+                "ALTER TABLE batches ADD COLUMN payload TEXT".into(),
+                vec![],
+            )])?;
+        }
+        // Sources written before batches kept what they add to their source:
+        // every source's row included all its batches.
+        if !store.has_column("sources", "folded_through")? {
+            store.transaction(vec![
+                (
+                    "ALTER TABLE batches ADD COLUMN fingerprint TEXT".into(),
+                    vec![],
+                ),
+                (
+                    "ALTER TABLE sources ADD COLUMN folded_through INTEGER NOT NULL DEFAULT 0"
+                        .into(),
+                    vec![],
+                ),
+                (
+                    "UPDATE sources SET folded_through = (SELECT coalesce(max(id), 0) FROM batches)"
+                        .into(),
+                    vec![],
+                ),
+            ])?;
+        }
+        Ok(store)
+    }
+
+    fn has_column(&self, table: &str, column: &str) -> Result<bool> {
+        let columns: Vec<serde_json::Value> = self
+            .sql
             .exec(
-                "SELECT name FROM pragma_table_info('batches') WHERE name = 'payload'",
-                None,
+                "SELECT name FROM pragma_table_info(?) WHERE name = ?",
+                vec![table.into(), column.into()],
             )
             .and_then(|c| c.to_array())
-            .map_err(|e| storage_error("reading the batches table", e))?;
-        if columns.is_empty() {
-            sql.exec("ALTER TABLE batches ADD COLUMN payload TEXT", None)
-                .map_err(|e| storage_error("adding batches.payload", e))?;
-        }
-        Ok(Self { storage, sql })
+            .map_err(|e| storage_error("reading a table's columns", e))?;
+        Ok(!columns.is_empty())
     }
 
     /// Counts this construction of the object; returns the count.
@@ -268,18 +315,57 @@ impl Store {
         Ok(batches)
     }
 
-    /// Removes the batches with ids up to `last` (committed to every table).
-    pub fn delete_batches(&self, last: i64) -> Result<()> {
-        self.transaction(vec![
-            (
-                "DELETE FROM batch_chunks WHERE batch_id <= ?".into(),
-                vec![last.into()],
-            ),
-            (
-                "DELETE FROM batches WHERE id <= ?".into(),
-                vec![last.into()],
-            ),
-        ])
+    /// Removes the batches with ids up to `last` (committed to every table),
+    /// writing first the rows of `unfolded`, the sources whose rows lack some
+    /// of their batches (all of them: their states hold every stored batch).
+    pub fn delete_batches<'a>(
+        &self,
+        last: i64,
+        unfolded: impl Iterator<Item = &'a SourceState>,
+    ) -> Result<()> {
+        let mut statements = unfolded.map(source_statement).collect::<Result<Vec<_>>>()?;
+        statements.push((
+            "DELETE FROM batch_chunks WHERE batch_id <= ?".into(),
+            vec![last.into()],
+        ));
+        statements.push((
+            "DELETE FROM batches WHERE id <= ?".into(),
+            vec![last.into()],
+        ));
+        self.transaction(statements)
+    }
+
+    /// What the stored batches that their sources' rows do not include add
+    /// to them, in the order they were stored.
+    pub fn load_unfolded(&self) -> Result<Vec<BatchFacts>> {
+        let rows: Vec<FactsRow> = self
+            .sql
+            .exec(
+                "SELECT b.source_id, b.batch_seq, b.last_event_seq, b.event_count, b.size_bytes,
+                        b.received_at, b.fingerprint
+                 FROM batches b JOIN sources s ON s.source_id = b.source_id
+                 WHERE b.id > s.folded_through ORDER BY b.id",
+                None,
+            )
+            .and_then(|c| c.to_array())
+            .map_err(|e| storage_error("reading unfolded batches", e))?;
+        rows.into_iter()
+            .map(|r| {
+                let number = |text: &str| {
+                    text.parse::<u64>()
+                        .map_err(|e| storage_error("decoding a batch's facts", e))
+                };
+                Ok(BatchFacts {
+                    batch_seq: number(&r.batch_seq)?,
+                    last_event_seq: number(&r.last_event_seq)?,
+                    event_count: r.event_count as u64,
+                    size_bytes: r.size_bytes as u64,
+                    received_at: r.received_at,
+                    fingerprint: r.fingerprint.as_deref().map(number).transpose()?,
+                    source_id: r.source_id,
+                })
+            })
+            .collect()
     }
 
     /// Every known source.
@@ -332,10 +418,11 @@ impl Store {
             .map_err(|e| storage_error("writing a source", e))
     }
 
-    /// Makes a plan durable: the batch, its chunks and the source state, in one
-    /// transaction.
+    /// Makes a plan durable: the batch, its chunks and, when the plan says
+    /// so, the source's row; one statement when the batch fits in its row and
+    /// the source's row is not written, else one transaction.
     pub fn write_plan(&self, plan: &StorePlan) -> Result<()> {
-        let mut statements: Vec<Statement> = vec![source_statement(&plan.source)?];
+        let mut statements: Vec<Statement> = Vec::new();
         for id in &plan.evicted {
             statements.push((
                 "DELETE FROM sources WHERE source_id = ?".into(),
@@ -353,8 +440,8 @@ impl Store {
                 .map_err(|e| storage_error("encoding tables", e))?;
             statements.push((
                 "INSERT INTO batches (source_id, batch_seq, first_event_seq, last_event_seq,
-                    event_count, size_bytes, received_at, tables, chunks, payload)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                    event_count, size_bytes, received_at, tables, chunks, payload, fingerprint)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                     .into(),
                 vec![
                     record.source_id.as_str().into(),
@@ -367,6 +454,9 @@ impl Store {
                     tables.into(),
                     (chunks.len() as i64).into(),
                     inline.map_or(SqlStorageValue::Null, SqlStorageValue::from),
+                    record
+                        .fingerprint
+                        .map_or(SqlStorageValue::Null, |f| f.to_string().into()),
                 ],
             ));
             for (idx, chunk) in chunks.into_iter().enumerate() {
@@ -378,7 +468,18 @@ impl Store {
                 ));
             }
         }
-        self.transaction(statements)
+        // After the batch: the row's `folded_through` then includes it.
+        if plan.write_source || plan.record.is_none() {
+            statements.push(source_statement(&plan.source)?);
+        }
+        match <[Statement; 1]>::try_from(statements) {
+            Ok([(query, bindings)]) => self
+                .sql
+                .exec(&query, bindings)
+                .map(|_| ())
+                .map_err(|e| storage_error("storing the batch", e)),
+            Err(statements) => self.transaction(statements),
+        }
     }
 
     /// Runs statements in `storage.transactionSync`, so they commit together
@@ -409,11 +510,15 @@ impl Store {
     }
 }
 
+/// Writes a source's row. Its state holds every stored batch (intake applies
+/// a batch when its write returns), so it is folded through the highest id.
 fn source_statement(source: &SourceState) -> Result<Statement> {
     let state = serde_json::to_string(source).map_err(|e| storage_error("encoding a source", e))?;
     Ok((
-        "INSERT INTO sources (source_id, state) VALUES (?, ?)
-         ON CONFLICT(source_id) DO UPDATE SET state = excluded.state"
+        "INSERT INTO sources (source_id, state, folded_through)
+         VALUES (?, ?, (SELECT coalesce(max(id), 0) FROM batches))
+         ON CONFLICT(source_id) DO UPDATE SET state = excluded.state,
+             folded_through = excluded.folded_through"
             .into(),
         vec![source.source_id.as_str().into(), state.into()],
     ))

@@ -8,9 +8,13 @@
 //! in-memory state and yields the `ack`. A failed write changes nothing, so a
 //! batch is acked only once it is durable, and is stored whole or not at all.
 //!
-//! Dedup is exact: per source, the batch sequence numbers acked and the event
-//! sequences stored are kept as range sets ([`SeqSet`]), persisted with every
-//! batch. A resent batch is acked `duplicate`; an event already stored is never
+//! Dedup is exact: per source, the batch sequence numbers acked are kept as a
+//! range set ([`SeqSet`]) with the fingerprints of the latest batches. What a
+//! stored batch adds to its source is written with the batch, in its row
+//! ([`BatchFacts`]); the source's own row is rewritten only when the flush
+//! deletes batches ([`Intake::unfolded`]) or something a batch row cannot say
+//! changed (a new source, a new shard name), and at start-up the batches it
+//! does not include are replayed onto it ([`Intake::replay`]). A resent batch is acked `duplicate`; an event already stored is never
 //! stored again; a batch that was never acked is never taken for a duplicate.
 //! The `deduplicationWindowMs` bounds the in-memory cache of recent batches
 //! (used to report what the original batch stored); correctness never depends
@@ -20,7 +24,7 @@ mod seqset;
 mod source;
 mod stored;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use crate::config::DoLakeConfig;
 use crate::error::{Error, ErrorKind};
@@ -30,7 +34,7 @@ use crate::protocol::{
 };
 
 pub use seqset::SeqSet;
-pub use source::SourceState;
+pub use source::{BatchFacts, SourceState};
 pub use stored::decode_events;
 #[cfg(test)]
 use stored::legacy_fingerprint;
@@ -99,15 +103,36 @@ pub struct BatchRecord {
     pub received_at: i64,
     /// Distinct tables of the events, sorted.
     pub tables: Vec<String>,
+    /// The events' fingerprint (only while deduplication is on).
+    pub fingerprint: Option<u64>,
     /// The stored events: a JSON array of the protocol's events.
     pub payload: String,
+}
+
+impl BatchRecord {
+    /// What the batch adds to its source (replayed at start-up).
+    pub fn facts(&self) -> BatchFacts {
+        BatchFacts {
+            source_id: self.source_id.clone(),
+            batch_seq: self.batch_seq,
+            last_event_seq: self.last_event_seq,
+            event_count: self.event_count,
+            size_bytes: self.size_bytes,
+            received_at: self.received_at,
+            fingerprint: self.fingerprint,
+        }
+    }
 }
 
 /// What the adapter must make durable before the batch is acked.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StorePlan {
-    /// The source's new state (always written).
+    /// The source's new state.
     pub source: SourceState,
+    /// Whether `source` must be written with the batch: it says something
+    /// the batch's row cannot (a new source, a new shard name). Otherwise
+    /// the batch's row alone records what the batch added to its source.
+    pub write_source: bool,
     /// The batch's rows.
     pub record: Option<BatchRecord>,
     /// The batch's sequence number.
@@ -153,6 +178,8 @@ pub struct Intake {
     recent_order: VecDeque<(i64, String, u64)>,
     dedup: DedupCounters,
     lake_failing: bool,
+    /// Sources with stored batches their row does not include yet.
+    unfolded: BTreeSet<String>,
 }
 
 impl Intake {
@@ -169,7 +196,31 @@ impl Intake {
             recent_order: VecDeque::new(),
             dedup: DedupCounters::default(),
             lake_failing: false,
+            unfolded: BTreeSet::new(),
         }
+    }
+
+    /// Replays, in the order they were stored, the batches that their
+    /// sources' rows do not include yet (see the module docs). A batch of a
+    /// source without a row belongs to a source that was evicted: skipped.
+    pub fn replay(&mut self, batches: impl IntoIterator<Item = BatchFacts>) {
+        for batch in batches {
+            if let Some(source) = self.sources.get_mut(&batch.source_id) {
+                source.replay(&batch);
+                self.unfolded.insert(batch.source_id);
+            }
+        }
+    }
+
+    /// The sources whose rows lack some of their stored batches: the flush
+    /// writes them when it deletes batches, then calls [`Self::folded`].
+    pub fn unfolded(&self) -> impl Iterator<Item = &SourceState> {
+        self.unfolded.iter().filter_map(|id| self.sources.get(id))
+    }
+
+    /// Every source's row now includes all its stored batches.
+    pub fn folded(&mut self) {
+        self.unfolded.clear();
     }
 
     /// The active configuration.
@@ -272,12 +323,14 @@ impl Intake {
             .get(&batch.source_do_id)
             .cloned()
             .unwrap_or_else(|| SourceState::new(&batch.source_do_id, now));
-        source.last_seen_ms = now;
-        source.batches_received += 1;
-        source.events_received += batch.events.len() as u64;
-        source.last_received_sequence = source.last_received_sequence.max(Some(seq));
+        source.received(now, seq, batch.events.len() as u64);
+        // A batch's row cannot say these: the source's row is written too.
+        let mut write_source = !known || !evicted.is_empty();
         if let Some(name) = &batch.source_shard_name {
-            source.shard_name = Some(name.clone());
+            if source.shard_name.as_ref() != Some(name) {
+                source.shard_name = Some(name.clone());
+                write_source = true;
+            }
         }
         let dedup = self.config.enable_deduplication;
 
@@ -346,8 +399,7 @@ impl Intake {
                 }));
             }
             // The same number with other events: not a resend (a shard that
-            // lost its batch counter). Stored, and counted.
-            source.reused_sequence_numbers += 1;
+            // lost its batch counter). Stored, and counted as reused.
         }
         // One insert adds at most one range: only a full set needs the check.
         if dedup
@@ -392,21 +444,13 @@ impl Intake {
             size_bytes: size,
             received_at: now,
             tables: incoming.tables,
+            fingerprint,
             payload: incoming.payload,
         };
-
-        if let Some(fingerprint) = fingerprint {
-            source.acked_batches.insert(seq);
-            source.remember(seq, fingerprint);
-        }
-        source.highest_event_sequence = source.highest_event_sequence.max(Some(last));
-        source.last_acked_sequence = source.last_acked_sequence.max(Some(seq));
-        source.last_ack_ms = Some(now);
-        source.batches_acked += 1;
-        source.events_acked += kept;
-        source.bytes_acked += size;
+        source.stored(&record.facts());
         Admission::Store(Box::new(StorePlan {
             source,
+            write_source,
             record: Some(record),
             sequence_number: seq,
             fallback,
@@ -428,6 +472,7 @@ impl Intake {
         idle.truncate((MAX_SOURCES / 10).max(1));
         for (_, id) in &idle {
             self.sources.remove(id);
+            self.unfolded.remove(id);
             self.dedup.evicted_sources += 1;
         }
         idle.into_iter().map(|(_, id)| id).collect()
@@ -437,6 +482,7 @@ impl Intake {
     pub fn commit(&mut self, now: i64, plan: StorePlan) -> ServerMessage {
         let StorePlan {
             source,
+            write_source,
             record,
             sequence_number,
             fallback,
@@ -473,6 +519,11 @@ impl Intake {
                 .push_back((now, source.source_id.clone(), sequence_number));
         }
         let batch_id = batch_id(&source.source_id, sequence_number);
+        if write_source {
+            self.unfolded.remove(&source.source_id);
+        } else if record.is_some() {
+            self.unfolded.insert(source.source_id.clone());
+        }
         self.sources.insert(source.source_id.clone(), source);
         ServerMessage::Ack(AckMessage {
             timestamp: now,

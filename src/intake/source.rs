@@ -1,5 +1,12 @@
-//! What DoLake knows about one source (a DoSQL shard), persisted with every
-//! batch it stores.
+//! What DoLake knows about one source (a DoSQL shard), and what each stored
+//! batch adds to it.
+//!
+//! A source's row is not rewritten with every batch: a batch's own row keeps
+//! what it adds ([`BatchFacts`]), and the source's row is rewritten when the
+//! flush deletes batches (or the source changes otherwise). At start-up the
+//! batches a source's row does not include yet are replayed onto it with
+//! [`SourceState::replay`], the same steps intake took when it stored them,
+//! so the dedup state after a crash is the one that was acked.
 
 use serde::{Deserialize, Serialize};
 
@@ -54,6 +61,25 @@ pub struct SourceState {
     pub last_ack_ms: Option<i64>,
 }
 
+/// What a stored batch adds to its source: kept in the batch's row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchFacts {
+    /// The source.
+    pub source_id: String,
+    /// The batch's sequence number.
+    pub batch_seq: u64,
+    /// Highest stored event sequence.
+    pub last_event_seq: u64,
+    /// Stored events.
+    pub event_count: u64,
+    /// Stored bytes.
+    pub size_bytes: u64,
+    /// Receive time, Unix ms.
+    pub received_at: i64,
+    /// The events' fingerprint (only while deduplication is on).
+    pub fingerprint: Option<u64>,
+}
+
 impl SourceState {
     /// A source seen for the first time at `now`.
     pub fn new(source_id: &str, now: i64) -> Self {
@@ -63,6 +89,40 @@ impl SourceState {
             last_seen_ms: now,
             ..Self::default()
         }
+    }
+
+    /// Counts a batch received at `now`, stored or not.
+    pub(super) fn received(&mut self, now: i64, seq: u64, events: u64) {
+        self.last_seen_ms = now;
+        self.batches_received += 1;
+        self.events_received += events;
+        self.last_received_sequence = self.last_received_sequence.max(Some(seq));
+    }
+
+    /// Records a batch stored (after [`Self::received`]). A number acked
+    /// before with other events is a reused one.
+    pub(super) fn stored(&mut self, batch: &BatchFacts) {
+        let seq = batch.batch_seq;
+        if let Some(fingerprint) = batch.fingerprint {
+            if self.acked_batches.contains(seq) {
+                self.reused_sequence_numbers += 1;
+            }
+            self.acked_batches.insert(seq);
+            self.remember(seq, fingerprint);
+        }
+        self.highest_event_sequence = self.highest_event_sequence.max(Some(batch.last_event_seq));
+        self.last_acked_sequence = self.last_acked_sequence.max(Some(seq));
+        self.last_ack_ms = Some(batch.received_at);
+        self.batches_acked += 1;
+        self.events_acked += batch.event_count;
+        self.bytes_acked += batch.size_bytes;
+    }
+
+    /// Applies a stored batch that this state, as read from its row, does
+    /// not include yet: what intake did when it stored it.
+    pub fn replay(&mut self, batch: &BatchFacts) {
+        self.received(batch.received_at, batch.batch_seq, batch.event_count);
+        self.stored(batch);
     }
 
     /// Whether batch `seq` (acked before) with events of `fingerprint` is a

@@ -489,6 +489,7 @@ fn payload_chunks_cut_on_char_boundaries() {
         size_bytes: 0,
         received_at: 0,
         tables: vec![],
+        fingerprint: None,
         payload: "aé€😀".repeat(1000),
     };
     for max in [4, 5, 7, 100, 1_000_000] {
@@ -703,4 +704,179 @@ fn intake_cost() {
             events / (decode + admit + state + commit)
         );
     }
+}
+
+/// The rows of `sources` and `batches` as the Durable Object's store keeps
+/// them (adapter/store.rs): a source's row holds its state as of
+/// `folded_through`, a batch's row what it added to its source.
+#[derive(Default)]
+struct Rows {
+    sources: BTreeMap<String, (SourceState, i64)>,
+    batches: Vec<(i64, BatchFacts)>,
+    last_id: i64,
+}
+
+impl Rows {
+    fn write_source(&mut self, source: &SourceState) {
+        let folded_through = self.batches.last().map_or(0, |b| b.0);
+        self.sources
+            .insert(source.source_id.clone(), (source.clone(), folded_through));
+    }
+
+    fn write_plan(&mut self, plan: &StorePlan) {
+        for id in &plan.evicted {
+            self.sources.remove(id);
+        }
+        if let Some(record) = &plan.record {
+            self.last_id += 1;
+            self.batches.push((self.last_id, record.facts()));
+        }
+        if plan.write_source || plan.record.is_none() {
+            self.write_source(&plan.source);
+        }
+    }
+
+    /// The flush's delete: the unfolded sources' rows, then the batches.
+    fn delete_through(&mut self, intake: &mut Intake, last: i64) {
+        let unfolded: Vec<SourceState> = intake.unfolded().cloned().collect();
+        for source in &unfolded {
+            self.write_source(source);
+        }
+        self.batches.retain(|b| b.0 > last);
+        intake.folded();
+    }
+
+    /// A new object over these rows.
+    fn restart(&self, config: &DoLakeConfig, buffer: BufferTotals) -> Intake {
+        let sources = self.sources.values().map(|s| s.0.clone()).collect();
+        let mut intake = Intake::new(config.clone(), sources, buffer);
+        intake.replay(self.batches.iter().filter_map(|(id, facts)| {
+            let (_, folded_through) = self.sources.get(&facts.source_id)?;
+            (id > folded_through).then(|| facts.clone())
+        }));
+        intake
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Step {
+    Batch {
+        source: u8,
+        seq: u64,
+        events: u8,
+        shard: u8,
+    },
+    Contact(u8),
+    Flush(u8),
+    Restart,
+}
+
+fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+    use proptest::prelude::*;
+    prop_oneof![
+        6 => (0u8..3, 0u64..6, 0u8..3, 0u8..2).prop_map(|(source, seq, events, shard)| {
+            Step::Batch { source, seq, events, shard }
+        }),
+        1 => (0u8..3).prop_map(Step::Contact),
+        2 => (0u8..=100).prop_map(Step::Flush),
+        1 => Just(Step::Restart),
+    ]
+}
+
+proptest::proptest! {
+    /// Whatever was stored, refused, folded or flushed, an object started
+    /// over the rows holds, for every source, the state the live one held:
+    /// the same dedup watermarks and prints, the same counters.
+    #[test]
+    fn a_restart_restores_every_source_as_it_was(
+        steps in proptest::collection::vec(step(), 1..60),
+        dedup in proptest::bool::ANY,
+    ) {
+        let config = DoLakeConfig::parse(Some(&format!(
+            r#"{{"enableDeduplication":{dedup},"maxBufferSize":6000,"flushThresholdBytes":6000}}"#
+        )))
+        .unwrap();
+        let mut rows = Rows::default();
+        let mut live = Intake::new(config.clone(), vec![], BufferTotals::default());
+        for (now, step) in steps.into_iter().enumerate() {
+            let now = now as i64 * 1_000;
+            match step {
+                Step::Batch { source, seq, events, shard } => {
+                    let name = format!("s{source}");
+                    let mut b = batch(&name, seq, seq * 10 + u64::from(events)..seq * 10 + 3);
+                    b.source_shard_name = Some(format!("shard-{shard}"));
+                    match live.admit(now, b) {
+                        Admission::Store(plan) => {
+                            rows.write_plan(&plan);
+                            live.commit(now, *plan);
+                        }
+                        Admission::Reply(_) => {
+                            // The session saves a refused batch's counters.
+                            if let Some(s) = live.source(&name) {
+                                rows.write_source(s);
+                            }
+                        }
+                    }
+                }
+                Step::Contact(source) => {
+                    let name = format!("s{source}");
+                    if let Some(s) = live.note_contact(now, &name, Some("contact"), Some(7)) {
+                        let s = s.clone();
+                        rows.write_source(&s);
+                    }
+                }
+                Step::Flush(share) => {
+                    let ids: Vec<i64> = rows.batches.iter().map(|b| b.0).collect();
+                    if let Some(&last) = ids.get(ids.len() * usize::from(share) / 101) {
+                        rows.delete_through(&mut live, last);
+                        let left = &rows.batches;
+                        live.set_buffer(BufferTotals {
+                            batches: left.len() as u64,
+                            events: left.iter().map(|b| b.1.event_count).sum(),
+                            bytes: left.iter().map(|b| b.1.size_bytes).sum(),
+                            ..BufferTotals::default()
+                        });
+                    }
+                }
+                Step::Restart => {
+                    live = rows.restart(&config, live.buffer().clone());
+                }
+            }
+            let restarted = rows.restart(&config, live.buffer().clone());
+            let want: Vec<&SourceState> = live.sources().collect();
+            let got: Vec<&SourceState> = restarted.sources().collect();
+            proptest::prop_assert_eq!(got, want);
+        }
+    }
+}
+
+#[test]
+fn a_batch_writes_its_source_row_only_when_its_row_cannot_say_it() {
+    let mut i = intake("{}");
+    let plan = |i: &mut Intake, b: CdcBatchMessage| match i.admit(0, b) {
+        Admission::Store(plan) => plan,
+        other => panic!("expected a plan, got {other:?}"),
+    };
+    // A new source: its row is written with the batch.
+    let p = plan(&mut i, batch("a", 0, 0..3));
+    assert!(p.write_source);
+    i.commit(0, *p);
+    assert_eq!(i.unfolded().count(), 0);
+    // The same shard name: the batch's row alone.
+    let p = plan(&mut i, batch("a", 1, 3..6));
+    assert!(!p.write_source);
+    i.commit(0, *p);
+    assert_eq!(
+        i.unfolded()
+            .map(|s| s.source_id.as_str())
+            .collect::<Vec<_>>(),
+        ["a"]
+    );
+    // A new shard name: written, which folds the source.
+    let mut b = batch("a", 2, 6..9);
+    b.source_shard_name = Some("renamed".into());
+    let p = plan(&mut i, b);
+    assert!(p.write_source);
+    i.commit(0, *p);
+    assert_eq!(i.unfolded().count(), 0);
 }

@@ -22,7 +22,7 @@ use crate::admission::{
 };
 use crate::config::{DoLakeConfig, RateLimitConfig};
 use crate::error::{Error, ErrorKind};
-use crate::intake::{self, Admission, BufferTotals, Intake, SourceState, StorePlan};
+use crate::intake::{self, Admission, BatchFacts, BufferTotals, Intake, SourceState, StorePlan};
 use crate::protocol::{
     decode_client_message, sniff_sequence_number, AckStatus, CdcBatchMessage, ClientMessage,
     ConnectMessage, PongMessage, RateLimitInfo, ServerMessage, MAX_ID_BYTES,
@@ -323,8 +323,10 @@ impl RefusalCounts {
 /// What storage held for the session at start.
 #[derive(Debug, Clone, Default)]
 pub struct Restored {
-    /// Every source's state.
+    /// Every source's state, as its row holds it.
     pub sources: Vec<SourceState>,
+    /// The stored batches the sources' rows do not include yet, in order.
+    pub unfolded: Vec<BatchFacts>,
     /// The buffer's totals.
     pub totals: BufferTotals,
     /// Whether the last flush failed (the fallback headroom applies).
@@ -349,6 +351,7 @@ impl Session {
     /// The session of `config` over what storage held.
     pub fn new(config: DoLakeConfig, restored: Restored) -> Self {
         let mut intake = Intake::new(config, restored.sources, restored.totals);
+        intake.replay(restored.unfolded);
         intake.set_lake_failing(restored.lake_failing);
         Self {
             intake,

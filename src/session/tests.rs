@@ -22,7 +22,10 @@ impl Host for MemoryHost {
             return Err(Error::storage("disk on fire"));
         }
         self.plans.borrow_mut().push(plan.clone());
-        self.save_source(&plan.source)
+        if plan.write_source {
+            self.save_source(&plan.source)?;
+        }
+        Ok(())
     }
     fn save_source(&self, source: &SourceState) -> Result<(), Error> {
         let mut sources = self.sources.borrow_mut();

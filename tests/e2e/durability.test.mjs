@@ -2,7 +2,7 @@
 // workerd) and a restart on the same persisted state: nothing lost, nothing twice.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { getJson, getMetrics, removeDir, Shard, sleep, startDoLake, tempStateDir } from './harness.mjs';
+import { getJson, getMetrics, QUIET, removeDir, Shard, sleep, startDoLake, tempStateDir } from './harness.mjs';
 
 test('acked batches survive SIGKILL and restart, resends stay duplicates', async () => {
   const stateDir = tempStateDir();
@@ -72,6 +72,71 @@ test('acked batches survive SIGKILL and restart, resends stay duplicates', async
       assert.equal(s.eventsAcked, 750);
       assert.equal(s.highestEventSequence, 749);
     }
+    await Promise.all(again.map((s) => s.close()));
+  } finally {
+    await server.stop();
+    removeDir(stateDir);
+  }
+});
+
+// A batch's row keeps what it adds to its source; the source's row is
+// rewritten when a flush deletes batches. Whether a source's state was folded
+// by a flush, written by a refusal or a rename, or is only in the batch rows,
+// a restart after SIGKILL restores it exactly, and every acked batch stays a
+// duplicate.
+test('every source state is restored exactly after a crash, before and after a flush folded it', async () => {
+  const stateDir = tempStateDir();
+  const config = { ...QUIET, maxBufferSize: 400_000, flushThresholdBytes: 400_000 };
+  let server = await startDoLake({ stateDir, config });
+  try {
+    const ids = ['fold-a', 'fold-b', 'fold-c'];
+    const shards = await Promise.all(ids.map((id) => new Shard(server.wsUrl, { sourceDoId: id }).open()));
+    const sent = new Map(ids.map((id) => [id, []]));
+    const sendBatches = async (count) => {
+      for (let b = 0; b < count; b++) {
+        for (const shard of shards) {
+          const message = shard.batchMessage(shard.makeEvents(5, ['users', 'orders']));
+          const ack = await shard.send(message);
+          assert.equal(ack.status, 'ok', JSON.stringify(ack));
+          sent.get(shard.sourceDoId).push(message);
+        }
+      }
+    };
+    await sendBatches(6);
+    const flushed = await getJson(`${server.url}/lakehouse/flush`, { method: 'POST' });
+    assert.equal(flushed.status, 200, JSON.stringify(flushed.body));
+    assert.equal((await getJson(`${server.url}/lakehouse/status`)).body.buffer.batchCount, 0);
+    await sendBatches(4);
+    // A resend (counted duplicate, writes the source) and a rename (written
+    // with its batch) on some sources; the third has only batch rows.
+    const resend = await shards[0].send({ ...sent.get('fold-a')[7], isRetry: true });
+    assert.equal(resend.status, 'duplicate');
+    shards[1].shardName = 'renamed-b';
+    const renamed = shards[1].batchMessage(shards[1].makeEvents(5));
+    assert.equal((await shards[1].send(renamed)).status, 'ok');
+    sent.get('fold-b').push(renamed);
+    await sendBatches(3);
+
+    const states = async () => {
+      const status = (await getJson(`${server.url}/lakehouse/status`)).body;
+      return Object.fromEntries(status.sourceStates.map(({ connected, ...s }) => [s.sourceDoId, s]));
+    };
+    const before = await states();
+    assert.equal(before['fold-b'].shardName, 'renamed-b');
+    assert.equal(before['fold-a'].duplicateBatches, 1);
+    await server.kill();
+
+    server = await startDoLake({ stateDir, config });
+    assert.deepEqual(await states(), before, 'every source as it was acked');
+    const again = await Promise.all(ids.map((id) => new Shard(server.wsUrl, { sourceDoId: id }).open()));
+    for (const shard of again) {
+      for (const message of sent.get(shard.sourceDoId)) {
+        const reply = await shard.send({ ...message, isRetry: true, retryCount: 1 });
+        assert.equal(reply.status, 'duplicate', `${shard.sourceDoId} #${message.sequenceNumber}: ${JSON.stringify(reply)}`);
+      }
+    }
+    const status = (await getJson(`${server.url}/lakehouse/status`)).body;
+    assert.equal(status.buffer.batchCount, 3 * 7 + 1, 'nothing stored twice');
     await Promise.all(again.map((s) => s.close()));
   } finally {
     await server.stop();
