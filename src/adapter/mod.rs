@@ -4,6 +4,7 @@
 //! logs.
 
 mod catalog;
+mod connections;
 mod flusher;
 mod index;
 mod object;

@@ -56,6 +56,8 @@ pub struct DoLake {
     pub(super) env: Env,
     constructions: u64,
     constructed_at: i64,
+    /// The connections' states (attachments, and copies in memory).
+    connections: super::connections::Connections,
 }
 
 pub(super) fn now_ms() -> i64 {
@@ -113,11 +115,6 @@ fn log_notes(notes: &[session::Note]) {
     for note in notes {
         log(note.level(), note.event(), note.fields());
     }
-}
-
-/// The state a socket's attachment holds.
-fn connection_of(ws: &WebSocket) -> Option<Connection> {
-    ws.deserialize_attachment::<Connection>().ok().flatten()
 }
 
 /// Opens storage and starts the session from what it holds.
@@ -210,6 +207,9 @@ impl DurableObject for DoLake {
             env,
             constructions,
             constructed_at,
+            connections: super::connections::Connections::new(
+                &uuid::Uuid::new_v4().simple().to_string(),
+            ),
         }
     }
 
@@ -274,7 +274,7 @@ impl DurableObject for DoLake {
         message: WebSocketIncomingMessage,
     ) -> Result<()> {
         let now = now_ms();
-        let mut conn = connection_of(&ws).unwrap_or_else(|| Connection {
+        let mut conn = self.connections.read(&ws).unwrap_or_else(|| Connection {
             connected_at: now,
             ..Connection::default()
         });
@@ -303,7 +303,8 @@ impl DurableObject for DoLake {
         reason: String,
         _was_clean: bool,
     ) -> Result<()> {
-        let conn = connection_of(&ws);
+        let conn = self.connections.read(&ws);
+        self.connections.forget(&ws);
         log(
             "info",
             "disconnected",
@@ -318,7 +319,8 @@ impl DurableObject for DoLake {
         Ok(())
     }
 
-    async fn websocket_error(&self, _ws: WebSocket, error: worker::Error) -> Result<()> {
+    async fn websocket_error(&self, ws: WebSocket, error: worker::Error) -> Result<()> {
+        self.connections.forget(&ws);
         log(
             "warn",
             "socket_error",
@@ -384,7 +386,10 @@ impl Host for DoLake {
 
     fn connections(&self) -> Vec<Connection> {
         let sockets = self.state.get_websockets();
-        sockets.iter().filter_map(connection_of).collect()
+        sockets
+            .iter()
+            .filter_map(|ws| self.connections.read(ws))
+            .collect()
     }
 
     fn flush_times(&self) -> (Option<i64>, Option<i64>) {
@@ -486,7 +491,7 @@ impl DoLake {
                 // save ours first, read theirs after.
                 self.save_attachment(ws, &conn)?;
                 let result = self.flush(FlushTrigger::Request).await;
-                conn = connection_of(ws).unwrap_or(conn);
+                conn = self.connections.read(ws).unwrap_or(conn);
                 Some(ServerMessage::FlushResponse(FlushResponseMessage {
                     timestamp: now_ms(),
                     correlation_id,
@@ -520,7 +525,7 @@ impl DoLake {
     /// without it the per-connection limits would silently stop applying, so
     /// the socket is closed (1011) and the shard reconnects.
     fn save_attachment(&self, ws: &WebSocket, conn: &Connection) -> Result<()> {
-        if let Err(e) = ws.serialize_attachment(conn) {
+        if let Err(e) = self.connections.save(ws, conn) {
             log(
                 "error",
                 "attachment_failed",
@@ -555,7 +560,7 @@ impl DoLake {
         };
         let pair = WebSocketPair::new()?;
         self.state.accept_web_socket(&pair.server);
-        pair.server.serialize_attachment(&conn)?;
+        self.connections.save(&pair.server, &conn)?;
         log(
             "info",
             "connected",
@@ -653,7 +658,10 @@ impl DoLake {
     /// Gathers what the views need besides the session, and renders one.
     fn with_facts<T>(&self, view: impl FnOnce(&Facts<'_>) -> T) -> T {
         let sockets = self.state.get_websockets();
-        let connections: Vec<Connection> = sockets.iter().filter_map(connection_of).collect();
+        let connections: Vec<Connection> = sockets
+            .iter()
+            .filter_map(|ws| self.connections.read(ws))
+            .collect();
         let history = self.history.borrow();
         let instance = self.instance_facts(sockets.len());
         let epoch = self.epoch.as_ref().ok().map(String::as_str);

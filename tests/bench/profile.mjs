@@ -38,8 +38,8 @@ mkdirSync(outDir, { recursive: true });
 // the WASM name section, or the runtime's own JavaScript).
 const STAGES = [
   ['webSocketMessage (the whole handler)', /dolake_webSocketMessage|websocket_message/],
-  ['  the frame text into WASM', /__wbindgen_string_get/],
-  ['  attachment read', /deserialize_attachment/],
+  ['  the frame text into WASM', /sockets::incoming|__wbindgen_string_get/],
+  ['  attachment read', /Connections::read|deserialize_attachment/],
   ['  session pipeline (Session::on_frame)', /Session.*on_frame/],
   ['    decode (decode_client_message)', /decode_client_message/],
   ['    intake admit (checks, dedup, plan)', /Intake.*admit/],
@@ -47,7 +47,7 @@ const STAGES = [
   ['    store the batch (write_plan)', /write_plan/],
   ['      SQLite statements (exec)', /SqlStorage.*exec|__wbg_exec/],
   ['    drop the decoded batch', /drop_in_place<dolake::protocol::client::CdcBatchMessage>/],
-  ['  attachment write', /(?<!de)serialize_attachment/],
+  ['  attachment write', /Connections::save|(?<!de)serialize_attachment/],
   ['  reply encode and send', /ServerMessage.*to_json|send_with_str/],
   ['  ensure_alarm', /ensure_alarm/],
   ['garbage collector', /^\(garbage collector\)$/],
