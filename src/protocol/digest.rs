@@ -170,7 +170,8 @@ impl<'de> Deserialize<'de> for Image {
                 f.write_str("a JSON object")
             }
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Image, A::Error> {
-                let mut bytes = Vec::with_capacity(256);
+                forget_entries();
+                let mut bytes = Vec::with_capacity(512);
                 let shape = CanonicalSeed { out: &mut bytes }.visit_map(map)?;
                 Ok(Image {
                     bytes,
@@ -195,6 +196,7 @@ pub(crate) struct Canonical {
 
 impl<'de> Deserialize<'de> for Canonical {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        forget_entries();
         let mut bytes = Vec::new();
         let shape = CanonicalSeed { out: &mut bytes }.deserialize(deserializer)?;
         Ok(Canonical {
@@ -214,6 +216,19 @@ struct Shape {
 
 impl Shape {
     const SCALAR: Shape = Shape { depth: 0, keys: 0 };
+}
+
+thread_local! {
+    /// Entries of the objects being written, innermost last: (start, end of
+    /// key, end of value) in the output.
+    static ENTRIES: std::cell::RefCell<Vec<(usize, usize, usize)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Empties the stack of entries before a value is read from the top: a
+/// value whose reading failed leaves its entries behind.
+fn forget_entries() {
+    ENTRIES.with(|e| e.borrow_mut().clear());
 }
 
 /// Writes one value, as [`put_value`] writes its decoded form.
@@ -325,34 +340,51 @@ impl<'de> Visitor<'de> for CanonicalSeed<'_> {
         let len_at = out.len();
         out.extend_from_slice(&[0; 8]);
         let body = out.len();
-        // Each entry's key and where its bytes (key, then value) lie.
-        let mut entries: Vec<(Cow<'de, str>, usize, usize)> = Vec::new();
-        let mut depth = 0;
+        // Where each entry's bytes (key, then value) lie, on a stack shared
+        // with the objects inside (no allocation per object); and whether
+        // the keys came strictly sorted, as they usually do.
+        let base = ENTRIES.with(|e| e.borrow().len());
+        let (mut depth, mut sorted, mut previous) = (0, true, None::<(usize, usize)>);
         while let Some(Text(key)) = map.next_key()? {
             let start = out.len();
             put_str(out, &key);
+            let this = (start + 8, out.len());
+            if let Some((from, to)) = previous {
+                sorted &= out[from..to] < out[this.0..this.1];
+            }
+            previous = Some(this);
             let shape = map.next_value_seed(CanonicalSeed { out: &mut *out })?;
             depth = depth.max(shape.depth);
-            entries.push((key, start, out.len()));
+            ENTRIES.with(|e| e.borrow_mut().push((start, this.1, out.len())));
         }
-        let mut keys = entries.len();
-        if entries.windows(2).any(|w| w[0].0 >= w[1].0) {
-            // Sorted by key (a stable sort: equal keys stay in text order),
-            // keeping the last of equal keys, as a map decoded from the text;
-            // written after the entries, then moved into their place.
-            entries.sort_by(|a, b| a.0.cmp(&b.0));
-            let end = out.len();
-            keys = 0;
-            for (i, (key, start, stop)) in entries.iter().enumerate() {
-                let superseded = entries.get(i + 1).is_some_and(|next| next.0 == *key);
-                if !superseded {
-                    out.extend_from_within(*start..*stop);
-                    keys += 1;
+        let keys = ENTRIES.with(|e| {
+            let mut stack = e.borrow_mut();
+            let entries = &mut stack[base..];
+            let mut keys = entries.len();
+            if !sorted {
+                // Sorted by key (a stable sort: equal keys stay in text
+                // order), keeping the last of equal keys, as a map decoded
+                // from the text; written after the entries, then moved into
+                // their place.
+                let key = |&(start, key_end, _): &(usize, usize, usize)| start + 8..key_end;
+                entries.sort_by(|a, b| out[key(a)].cmp(&out[key(b)]));
+                let end = out.len();
+                keys = 0;
+                for (i, entry) in entries.iter().enumerate() {
+                    let superseded = entries
+                        .get(i + 1)
+                        .is_some_and(|next| out[key(next)] == out[key(entry)]);
+                    if !superseded {
+                        out.extend_from_within(entry.0..entry.2);
+                        keys += 1;
+                    }
                 }
+                out.copy_within(end.., body);
+                out.truncate(body + (out.len() - end));
             }
-            out.copy_within(end.., body);
-            out.truncate(body + (out.len() - end));
-        }
+            stack.truncate(base);
+            keys
+        });
         out[len_at..len_at + 8].copy_from_slice(&(keys as u64).to_le_bytes());
         Ok(Shape {
             depth: depth + 1,
