@@ -18,7 +18,7 @@ use crate::catalog::{
     CATALOG_INSTANCE, REGISTER_PATH,
 };
 
-use super::object::{log, now_ms, Core, DoLake};
+use super::object::{log, now_ms, Core, Object};
 use super::{json_response, setting};
 
 pub(super) const SCHEMA: &[&str] = &["CREATE TABLE IF NOT EXISTS catalog_tables (
@@ -37,7 +37,7 @@ struct Row {
     name: String,
 }
 
-impl DoLake {
+impl Object {
     /// `GET`/`HEAD /v1/...`: the REST catalog's answer, or its error body.
     pub(super) async fn catalog_http(&self, req: &Request) -> Result<Response> {
         let url = req.url()?;

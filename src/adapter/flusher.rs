@@ -17,7 +17,7 @@ use crate::lake::current::{IndexChange, RowLoc};
 use crate::lake::CommitIds;
 use crate::protocol::FlushResult;
 
-use super::object::{log, now_ms, Core, DoLake};
+use super::object::{log, now_ms, Core, Object};
 
 /// Most bytes of buffered JSON one step loads (bounds isolate memory).
 pub const STEP_BUDGET_BYTES: u64 = 4 * 1024 * 1024;
@@ -49,7 +49,7 @@ impl Env for RuntimeEnv {
 
 /// The SQLite buffer as the flush's port; trimming it also refreshes the
 /// intake's totals, so that intake sees the room a long flush makes.
-struct BufferPort<'a>(&'a DoLake);
+struct BufferPort<'a>(&'a Object);
 
 impl BufferPort<'_> {
     fn store(&self) -> Result<&super::store::Store> {
@@ -111,7 +111,7 @@ impl RowIndex for BufferPort<'_> {
     }
 }
 
-impl DoLake {
+impl Object {
     /// Runs a flush and records its outcome; never panics, never loses data.
     /// A request that finds a flush running waits for it, then flushes what
     /// is left, and reports both together.

@@ -1,6 +1,7 @@
 //! The `DoLake` Durable Object: hibernatable WebSockets in, durable buffer out.
 
 use std::cell::{Cell, RefCell};
+use std::rc::Rc;
 
 use worker::worker_sys::WebSocketRequestResponsePair;
 use worker::{
@@ -30,9 +31,32 @@ pub(super) enum Core {
 }
 
 /// The DoLake Durable Object. The macro exports its constructor, `fetch`
-/// and `alarm`; its WebSocket entry points are in `sockets.rs`.
+/// and `alarm`; its WebSocket entry points are in `sockets.rs`. It holds the
+/// object in an `Rc`, so that a handler that must wait (a flush, the alarm)
+/// can own what it waits with, and one that need not wait returns at once.
 #[durable_object(alarm)]
 pub struct DoLake {
+    pub(super) object: Rc<Object>,
+}
+
+impl DurableObject for DoLake {
+    fn new(state: State, env: Env) -> Self {
+        Self {
+            object: Rc::new(Object::new(state, env)),
+        }
+    }
+
+    async fn fetch(&self, req: Request) -> Result<Response> {
+        self.object.fetch(req).await
+    }
+
+    async fn alarm(&self) -> Result<Response> {
+        self.object.alarm().await
+    }
+}
+
+/// What the Durable Object holds and does.
+pub(super) struct Object {
     pub(super) state: State,
     pub(super) store: Option<Store>,
     pub(super) core: RefCell<Core>,
@@ -163,7 +187,7 @@ fn start(state: &State, env: &Env) -> (Option<Store>, Core, FlushHistory, u64) {
     (Some(store), core, history, constructions)
 }
 
-impl DurableObject for DoLake {
+impl Object {
     fn new(state: State, env: Env) -> Self {
         console_error_panic_hook::set_once();
         let constructed_at = now_ms();
@@ -268,7 +292,7 @@ impl DurableObject for DoLake {
         self.route(req, route, &path).await
     }
 
-    async fn websocket_message(
+    pub(super) async fn websocket_message(
         &self,
         ws: WebSocket,
         message: WebSocketIncomingMessage,
@@ -296,7 +320,7 @@ impl DurableObject for DoLake {
         self.perform(&ws, conn, out).await
     }
 
-    async fn websocket_close(
+    pub(super) async fn websocket_close(
         &self,
         ws: WebSocket,
         code: usize,
@@ -319,7 +343,7 @@ impl DurableObject for DoLake {
         Ok(())
     }
 
-    async fn websocket_error(&self, ws: WebSocket, error: worker::Error) -> Result<()> {
+    pub(super) async fn websocket_error(&self, ws: WebSocket, error: worker::Error) -> Result<()> {
         self.connections.forget(&ws);
         log(
             "warn",
@@ -364,7 +388,7 @@ fn alarm_for_buffered(state: &State) {
 
 /// The pipeline's storage is the object's SQLite; its view of connections
 /// is the sockets' attachments.
-impl Host for DoLake {
+impl Host for Object {
     fn write_plan(&self, plan: &StorePlan) -> std::result::Result<(), Error> {
         self.store()?.write_plan(plan)
     }
@@ -440,7 +464,7 @@ fn http_throttled_response(throttled: &HttpThrottled) -> Result<Response> {
     Ok(message_response(&throttled.nack)?.with_headers(headers))
 }
 
-impl DoLake {
+impl Object {
     fn store(&self) -> std::result::Result<&Store, Error> {
         self.store
             .as_ref()

@@ -11,9 +11,11 @@
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
 
 use wasm_bindgen::prelude::*;
-use worker::{js_sys, DurableObject, WebSocketIncomingMessage};
+use worker::{js_sys, wasm_bindgen_futures, WebSocketIncomingMessage};
 
 use super::object::DoLake;
 
@@ -77,68 +79,72 @@ fn incoming(message: JsValue) -> WebSocketIncomingMessage {
     WebSocketIncomingMessage::String(unsafe { String::from_utf8_unchecked(bytes) })
 }
 
-/// What an export resolves to: `null`, or the handler's error. Asserted
-/// unwind-safe, as the macro's exports are (handler futures hold
-/// `worker::Error`).
-async fn settle(handler: impl Future<Output = worker::Result<()>>) -> Result<JsValue, JsValue> {
-    AssertUnwindSafe(handler)
-        .await
-        .map(|()| JsValue::NULL)
-        .map_err(JsValue::from)
+/// Runs a handler until it must wait. One that finishes (most frames: the
+/// batch is stored and acked synchronously) returns its outcome at once, as
+/// a plain value or a thrown error; one that must wait (a flush, setting the
+/// alarm) goes on as a promise the runtime awaits, owning what it uses. A
+/// promise for every frame cost a microtask and its closures each time.
+///
+/// The first poll's waker does nothing: every future the handlers await is a
+/// JavaScript promise's, which keeps its result and takes the waker of each
+/// poll, so the task's own first poll sees what happened before it.
+fn settle(handler: impl Future<Output = worker::Result<()>> + 'static) -> Result<JsValue, JsValue> {
+    let mut handler = Box::pin(handler);
+    let mut first = Context::from_waker(Waker::noop());
+    match handler.as_mut().poll(&mut first) {
+        Poll::Ready(outcome) => outcome.map(|()| JsValue::UNDEFINED).map_err(JsValue::from),
+        Poll::Pending => Ok(wasm_bindgen_futures::future_to_promise(async move {
+            AssertUnwindSafe(handler)
+                .await
+                .map(|()| JsValue::UNDEFINED)
+                .map_err(JsValue::from)
+        })
+        .into()),
+    }
 }
 
 #[wasm_bindgen(
     wasm_bindgen = ::worker::wasm_bindgen,
-    wasm_bindgen_futures = ::worker::wasm_bindgen_futures,
     js_sys = ::worker::js_sys
 )]
 impl DoLake {
     /// `webSocketMessage(ws, message)`.
     #[wasm_bindgen(js_name = webSocketMessage)]
-    pub async fn on_socket_message(
+    pub fn on_socket_message(
         &self,
         ws: worker::worker_sys::web_sys::WebSocket,
         message: JsValue,
     ) -> Result<JsValue, JsValue> {
-        settle(<Self as DurableObject>::websocket_message(
-            self,
-            ws.into(),
-            incoming(message),
-        ))
-        .await
+        let object = Rc::clone(&self.object);
+        let message = incoming(message);
+        settle(async move { object.websocket_message(ws.into(), message).await })
     }
 
     /// `webSocketClose(ws, code, reason, wasClean)`.
     #[wasm_bindgen(js_name = webSocketClose)]
-    pub async fn on_socket_close(
+    pub fn on_socket_close(
         &self,
         ws: worker::worker_sys::web_sys::WebSocket,
         code: usize,
         reason: String,
         was_clean: bool,
     ) -> Result<JsValue, JsValue> {
-        settle(<Self as DurableObject>::websocket_close(
-            self,
-            ws.into(),
-            code,
-            reason,
-            was_clean,
-        ))
-        .await
+        let object = Rc::clone(&self.object);
+        settle(async move {
+            object
+                .websocket_close(ws.into(), code, reason, was_clean)
+                .await
+        })
     }
 
     /// `webSocketError(ws, error)`.
     #[wasm_bindgen(js_name = webSocketError)]
-    pub async fn on_socket_error(
+    pub fn on_socket_error(
         &self,
         ws: worker::worker_sys::web_sys::WebSocket,
         error: JsValue,
     ) -> Result<JsValue, JsValue> {
-        settle(<Self as DurableObject>::websocket_error(
-            self,
-            ws.into(),
-            error.into(),
-        ))
-        .await
+        let object = Rc::clone(&self.object);
+        settle(async move { object.websocket_error(ws.into(), error.into()).await })
     }
 }

@@ -74,8 +74,8 @@ impl Digest {
     pub fn event(&mut self, head: EventHead<'_>, parts: [Option<&[u8]>; 3]) {
         let out = &mut self.scratch;
         out.clear();
-        out.extend(head.sequence.to_le_bytes());
-        out.extend(head.timestamp.to_le_bytes());
+        put8(out, head.sequence.to_le_bytes());
+        put8(out, head.timestamp.to_le_bytes());
         put_str(out, head.operation.as_str());
         put_str(out, head.table);
         put_str(out, head.row_id);
@@ -92,14 +92,29 @@ impl Digest {
     }
 }
 
+/// Appends 8 bytes. Inlined to one store: in WASM a generic extend costs a
+/// call and a `memory.copy`, more than the copy itself, and the digest makes
+/// several per value.
+#[inline(always)]
+fn put8(out: &mut Vec<u8>, bytes: [u8; 8]) {
+    out.reserve(8);
+    let len = out.len();
+    // SAFETY: `reserve` made room for 8 bytes past `len`; they are written
+    // before the length covers them.
+    unsafe {
+        std::ptr::copy_nonoverlapping(bytes.as_ptr(), out.as_mut_ptr().add(len), 8);
+        out.set_len(len + 8);
+    }
+}
+
 fn put_str(out: &mut Vec<u8>, s: &str) {
-    out.extend((s.len() as u64).to_le_bytes());
+    put8(out, (s.len() as u64).to_le_bytes());
     out.extend_from_slice(s.as_bytes());
 }
 
 fn put_object(out: &mut Vec<u8>, map: &Map<String, Value>) {
     out.push(b'o');
-    out.extend((map.len() as u64).to_le_bytes());
+    put8(out, (map.len() as u64).to_le_bytes());
     // serde_json's map is ordered by key: the order of the text plays no part.
     for (k, v) in map {
         put_str(out, k);
@@ -126,7 +141,7 @@ fn put_value(out: &mut Vec<u8>, v: &Value) {
         }
         Value::Array(items) => {
             out.push(b'a');
-            out.extend((items.len() as u64).to_le_bytes());
+            put8(out, (items.len() as u64).to_le_bytes());
             items.iter().for_each(|item| put_value(out, item));
         }
         Value::Object(map) => put_object(out, map),
@@ -135,17 +150,17 @@ fn put_value(out: &mut Vec<u8>, v: &Value) {
 
 fn put_u64(out: &mut Vec<u8>, u: u64) {
     out.push(b'u');
-    out.extend(u.to_le_bytes());
+    put8(out, u.to_le_bytes());
 }
 
 fn put_i64(out: &mut Vec<u8>, i: i64) {
     out.push(b'i');
-    out.extend(i.to_le_bytes());
+    put8(out, i.to_le_bytes());
 }
 
 fn put_f64(out: &mut Vec<u8>, f: f64) {
     out.push(b'd');
-    out.extend(f.to_bits().to_le_bytes());
+    put8(out, f.to_bits().to_le_bytes());
 }
 
 /// An event's `before` or `after` read from its text: a JSON object (any
@@ -321,7 +336,7 @@ impl<'de> Visitor<'de> for CanonicalSeed<'_> {
         let out = self.out;
         out.push(b'a');
         let len_at = out.len();
-        out.extend([0u8; 8]);
+        put8(out, [0; 8]);
         let (mut len, mut depth) = (0u64, 0);
         while let Some(shape) = seq.next_element_seed(CanonicalSeed { out: &mut *out })? {
             len += 1;
@@ -338,7 +353,7 @@ impl<'de> Visitor<'de> for CanonicalSeed<'_> {
         let out = self.out;
         out.push(b'o');
         let len_at = out.len();
-        out.extend([0u8; 8]);
+        put8(out, [0; 8]);
         let body = out.len();
         // Where each entry's bytes (key, then value) lie, on a stack shared
         // with the objects inside (no allocation per object); and whether

@@ -37,8 +37,8 @@ mkdirSync(outDir, { recursive: true });
 // Stages of the intake path, by the functions that do them (Rust symbols in
 // the WASM name section, or the runtime's own JavaScript).
 const STAGES = [
-  ['webSocketMessage (the whole handler)', /dolake_webSocketMessage|websocket_message/],
-  ['  the frame text into WASM', /sockets::incoming|__wbindgen_string_get/],
+  ['webSocketMessage (the whole handler)', /dolake_webSocketMessage|websocket_message|on_socket_message/],
+  ['  the frame text into WASM', /sockets::incoming|encode_into|__wbindgen_string_get/],
   ['  attachment read', /Connections::read|deserialize_attachment/],
   ['  session pipeline (Session::on_frame)', /Session.*on_frame/],
   ['    decode (decode_client_message)', /decode_client_message/],
