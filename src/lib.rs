@@ -19,6 +19,7 @@
 //! - [`flush`]: when to flush, the flush procedure and table maintenance.
 //! - [`catalog`]: the Iceberg REST catalog (read side).
 //! - [`metrics`]: the Prometheus text exposition.
+//! - `task`: running a handler at once when it need not wait.
 //! - `adapter` (wasm32 only): the Worker entry point and the `DoLake` Durable
 //!   Object, which performs what the core decides (sockets, storage, R2, alarms).
 //!
@@ -35,6 +36,8 @@ pub mod lake;
 pub mod metrics;
 pub mod protocol;
 pub mod session;
+#[cfg(any(target_arch = "wasm32", test))]
+pub(crate) mod task;
 
 #[cfg(target_arch = "wasm32")]
 mod adapter;

@@ -12,12 +12,12 @@
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::rc::Rc;
-use std::task::{Context, Poll, Waker};
 
 use wasm_bindgen::prelude::*;
 use worker::{js_sys, wasm_bindgen_futures, WebSocketIncomingMessage};
 
 use super::object::DoLake;
+use crate::task::{start, Started};
 
 #[wasm_bindgen]
 extern "C" {
@@ -79,25 +79,17 @@ fn incoming(message: JsValue) -> WebSocketIncomingMessage {
     WebSocketIncomingMessage::String(unsafe { String::from_utf8_unchecked(bytes) })
 }
 
-/// Runs a handler until it must wait. One that finishes (most frames: the
-/// batch is stored and acked synchronously) returns its outcome at once, as
-/// a plain value or a thrown error; one that must wait (a flush, setting the
-/// alarm) goes on as a promise the runtime awaits, owning what it uses. A
-/// promise for every frame cost a microtask and its closures each time.
-///
-/// The first poll's waker does nothing: every future the handlers await is a
-/// JavaScript promise's, which keeps its result and takes the waker of each
-/// poll, so the task's own first poll sees what happened before it.
+/// Runs a handler at once (most frames: the batch is stored and acked
+/// synchronously), returning its outcome as a plain value or a thrown error;
+/// one that must wait (a flush, setting the alarm) goes on as a promise the
+/// runtime awaits, owning what it uses (see `crate::task`).
 fn settle(handler: impl Future<Output = worker::Result<()>> + 'static) -> Result<JsValue, JsValue> {
-    let mut handler = Box::pin(handler);
-    let mut first = Context::from_waker(Waker::noop());
-    match handler.as_mut().poll(&mut first) {
-        Poll::Ready(outcome) => outcome.map(|()| JsValue::UNDEFINED).map_err(JsValue::from),
-        Poll::Pending => Ok(wasm_bindgen_futures::future_to_promise(async move {
-            AssertUnwindSafe(handler)
-                .await
-                .map(|()| JsValue::UNDEFINED)
-                .map_err(JsValue::from)
+    let outcome =
+        |result: worker::Result<()>| result.map(|()| JsValue::UNDEFINED).map_err(JsValue::from);
+    match start(handler) {
+        Started::Done(result) => outcome(result),
+        Started::Waiting(rest) => Ok(wasm_bindgen_futures::future_to_promise(async move {
+            outcome(AssertUnwindSafe(rest).await)
         })
         .into()),
     }

@@ -34,7 +34,7 @@ const HTTP_GATES_MAX: usize = 10_000;
 /// What the pipeline stores and reads outside itself. Synchronous: every
 /// write is durable when it returns (the ack follows it).
 pub trait Host {
-    /// Stores a batch's plan in one transaction.
+    /// Stores a batch's plan, all or nothing.
     fn write_plan(&self, plan: &StorePlan) -> Result<(), Error>;
     /// Stores one source's state (its counters, after a refusal or contact).
     fn save_source(&self, source: &SourceState) -> Result<(), Error>;
