@@ -429,48 +429,48 @@ impl Store {
                 vec![id.as_str().into()],
             ));
         }
-        if let Some(record) = &plan.record {
-            let mut chunks = record.payload_chunks(CHUNK_BYTES);
-            let inline = if chunks.len() == 1 {
-                chunks.pop()
-            } else {
-                None
-            };
-            let tables = serde_json::to_string(&record.tables)
-                .map_err(|e| storage_error("encoding tables", e))?;
+        let record = &plan.record;
+        let facts = &record.facts;
+        let mut chunks = record.payload_chunks(CHUNK_BYTES);
+        let inline = if chunks.len() == 1 {
+            chunks.pop()
+        } else {
+            None
+        };
+        let tables = serde_json::to_string(&record.tables)
+            .map_err(|e| storage_error("encoding tables", e))?;
+        statements.push((
+            "INSERT INTO batches (source_id, batch_seq, first_event_seq, last_event_seq,
+                event_count, size_bytes, received_at, tables, chunks, payload, fingerprint)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                .into(),
+            vec![
+                facts.source_id.as_str().into(),
+                facts.batch_seq.to_string().into(),
+                record.first_event_seq.to_string().into(),
+                facts.last_event_seq.to_string().into(),
+                (facts.event_count as i64).into(),
+                (facts.size_bytes as i64).into(),
+                facts.received_at.into(),
+                tables.into(),
+                (chunks.len() as i64).into(),
+                inline.map_or(SqlStorageValue::Null, SqlStorageValue::from),
+                facts
+                    .fingerprint
+                    .map_or(SqlStorageValue::Null, |f| f.to_string().into()),
+            ],
+        ));
+        for (idx, chunk) in chunks.into_iter().enumerate() {
             statements.push((
-                "INSERT INTO batches (source_id, batch_seq, first_event_seq, last_event_seq,
-                    event_count, size_bytes, received_at, tables, chunks, payload, fingerprint)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                "INSERT INTO batch_chunks (batch_id, idx, data)
+                 VALUES ((SELECT max(id) FROM batches), ?, ?)"
                     .into(),
-                vec![
-                    record.source_id.as_str().into(),
-                    record.batch_seq.to_string().into(),
-                    record.first_event_seq.to_string().into(),
-                    record.last_event_seq.to_string().into(),
-                    (record.event_count as i64).into(),
-                    (record.size_bytes as i64).into(),
-                    record.received_at.into(),
-                    tables.into(),
-                    (chunks.len() as i64).into(),
-                    inline.map_or(SqlStorageValue::Null, SqlStorageValue::from),
-                    record
-                        .fingerprint
-                        .map_or(SqlStorageValue::Null, |f| f.to_string().into()),
-                ],
+                vec![(idx as i64).into(), chunk.into()],
             ));
-            for (idx, chunk) in chunks.into_iter().enumerate() {
-                statements.push((
-                    "INSERT INTO batch_chunks (batch_id, idx, data)
-                     VALUES ((SELECT max(id) FROM batches), ?, ?)"
-                        .into(),
-                    vec![(idx as i64).into(), chunk.into()],
-                ));
-            }
         }
         // After the batch: the row's `folded_through` then includes it.
-        if plan.write_source || plan.record.is_none() {
-            statements.push(source_statement(&plan.source)?);
+        if let Some(source) = &plan.source {
+            statements.push(source_statement(source)?);
         }
         match <[Statement; 1]>::try_from(statements) {
             Ok([(query, bindings)]) => self

@@ -473,7 +473,7 @@ mod property {
                 for _ in 0..if *resend { 2 } else { 1 } {
                     match intake.admit(1_700_000_000_000, batch.clone()) {
                         Admission::Store(plan) => {
-                            let record = plan.record.clone().unwrap();
+                            let record = plan.record.clone();
                             w.buffer.push_record(&record);
                             for e in batch.events.decoded().unwrap().iter() {
                                 accepted.push((source.to_string(), e.sequence, e.table.clone()));

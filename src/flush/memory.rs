@@ -102,7 +102,7 @@ impl MemoryBuffer {
     /// Stores a batch as intake planned it.
     pub(crate) fn push_record(&self, record: &crate::intake::BatchRecord) -> i64 {
         let events = crate::intake::decode_events(&record.payload).unwrap();
-        self.push(&record.source_id, record.batch_seq, events)
+        self.push(&record.facts.source_id, record.facts.batch_seq, events)
     }
     pub(crate) fn len(&self) -> usize {
         self.batches.borrow().len()

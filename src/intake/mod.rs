@@ -87,54 +87,26 @@ pub struct BufferTotals {
 /// One batch as stored in the buffer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BatchRecord {
-    /// The source.
-    pub source_id: String,
-    /// The batch's sequence number.
-    pub batch_seq: u64,
+    /// Its source, number, counts and fingerprint: what it adds to its
+    /// source (replayed at start-up).
+    pub facts: BatchFacts,
     /// Lowest stored event sequence.
     pub first_event_seq: u64,
-    /// Highest stored event sequence.
-    pub last_event_seq: u64,
-    /// Stored events.
-    pub event_count: u64,
-    /// Bytes of `payload`.
-    pub size_bytes: u64,
-    /// Receive time, Unix ms.
-    pub received_at: i64,
     /// Distinct tables of the events, sorted.
     pub tables: Vec<String>,
-    /// The events' fingerprint (only while deduplication is on).
-    pub fingerprint: Option<u64>,
     /// The stored events: a JSON array of the protocol's events.
     pub payload: String,
-}
-
-impl BatchRecord {
-    /// What the batch adds to its source (replayed at start-up).
-    pub fn facts(&self) -> BatchFacts {
-        BatchFacts {
-            source_id: self.source_id.clone(),
-            batch_seq: self.batch_seq,
-            last_event_seq: self.last_event_seq,
-            event_count: self.event_count,
-            size_bytes: self.size_bytes,
-            received_at: self.received_at,
-            fingerprint: self.fingerprint,
-        }
-    }
 }
 
 /// What the adapter must make durable before the batch is acked.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StorePlan {
-    /// The source's new state.
-    pub source: SourceState,
-    /// Whether `source` must be written with the batch: it says something
-    /// the batch's row cannot (a new source, a new shard name). Otherwise
-    /// the batch's row alone records what the batch added to its source.
-    pub write_source: bool,
+    /// The source's row, written with the batch (after it) when the batch's
+    /// row cannot say what changed: a new source, a new shard name, an
+    /// eviction. Otherwise the batch's row alone records what it added.
+    pub source: Option<SourceState>,
     /// The batch's rows.
-    pub record: Option<BatchRecord>,
+    pub record: BatchRecord,
     /// The batch's sequence number.
     pub sequence_number: u64,
     /// Stored in the fallback headroom past `maxBufferSize` (the lake is failing).
@@ -152,6 +124,31 @@ pub enum Admission {
     Store(Box<StorePlan>),
     /// Nothing to write; send this.
     Reply(ServerMessage),
+}
+
+/// A batch that is not stored (refused, or a resend), as its source counts it.
+struct Refused<'a> {
+    now: i64,
+    source_id: &'a str,
+    shard_name: Option<&'a str>,
+    seq: u64,
+    events: u64,
+    correlation_id: Option<String>,
+}
+
+impl Refused<'_> {
+    /// Counts the batch as received by its source, if the source is known.
+    fn apply<'s>(
+        &self,
+        sources: &'s mut BTreeMap<String, SourceState>,
+    ) -> Option<&'s mut SourceState> {
+        let source = sources.get_mut(self.source_id)?;
+        source.received(self.now, self.seq, self.events);
+        if let Some(name) = self.shard_name {
+            source.shard_name = Some(name.to_string());
+        }
+        Some(source)
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -318,20 +315,16 @@ impl Intake {
                 return Admission::Reply(nack(now, &error, Some(seq), correlation_id, None));
             }
         }
-        let mut source = self
-            .sources
-            .get(&batch.source_do_id)
-            .cloned()
-            .unwrap_or_else(|| SourceState::new(&batch.source_do_id, now));
-        source.received(now, seq, batch.events.len() as u64);
-        // A batch's row cannot say these: the source's row is written too.
-        let mut write_source = !known || !evicted.is_empty();
-        if let Some(name) = &batch.source_shard_name {
-            if source.shard_name.as_ref() != Some(name) {
-                source.shard_name = Some(name.clone());
-                write_source = true;
-            }
-        }
+        let source_id = std::mem::take(&mut batch.source_do_id);
+        let shard_name = batch.source_shard_name.take();
+        let refused = Refused {
+            now,
+            source_id: &source_id,
+            shard_name: shard_name.as_deref(),
+            seq,
+            events: batch.events.len() as u64,
+            correlation_id,
+        };
         let dedup = self.config.enable_deduplication;
 
         let limits = &self.config.rate_limit;
@@ -341,7 +334,7 @@ impl Intake {
                 batch.events.len(),
                 limits.max_events_per_message
             ));
-            return self.refuse_batch(now, source, seq, correlation_id, &error, None);
+            return self.refuse_batch(refused, &error, None);
         }
 
         // The stored form: the events as JSON, in the shard's order, as
@@ -350,13 +343,13 @@ impl Intake {
         let n = batch.events.len() as u64;
         let incoming = match Incoming::new(std::mem::take(&mut batch.events), dedup) {
             Ok(incoming) => incoming,
-            Err(error) => return self.refuse_batch(now, source, seq, correlation_id, &error, None),
+            Err(error) => return self.refuse_batch(refused, &error, None),
         };
         let (mut first, mut last) = (u64::MAX, 0u64);
         for (i, (&(sequence, _), size)) in incoming.heads.iter().zip(&incoming.sizes).enumerate() {
             if let Err(e) = incoming.check(i) {
                 let error = Error::invalid(format!("events[{i}]: {}", e.message()));
-                return self.refuse_batch(now, source, seq, correlation_id, &error, None);
+                return self.refuse_batch(refused, &error, None);
             }
             if *size as u64 > limits.max_event_size {
                 let error = Error::new(
@@ -367,44 +360,29 @@ impl Intake {
                     ),
                 );
                 let max = Some(limits.max_event_size);
-                return self.refuse_batch(now, source, seq, correlation_id, &error, max);
+                return self.refuse_batch(refused, &error, max);
             }
             first = first.min(sequence);
             last = last.max(sequence);
         }
         let fingerprint = incoming.fingerprint;
 
-        if let Some(fingerprint) = fingerprint.filter(|_| source.acked_batches.contains(seq)) {
-            let resend = source.is_resend(seq, fingerprint)
-                || source.is_resend(seq, incoming.legacy_fingerprint());
-            if resend {
-                source.duplicate_batches += 1;
-                source.duplicate_events += n;
-                self.dedup.duplicate_batches += 1;
-                self.dedup.duplicate_events += n;
-                let original = self.recent.get(&(source.source_id.clone(), seq)).copied();
-                let batch_id = batch_id(&source.source_id, seq);
-                self.sources.insert(source.source_id.clone(), source);
-                return Admission::Reply(ServerMessage::Ack(AckMessage {
-                    timestamp: now,
-                    correlation_id,
-                    sequence_number: seq,
-                    status: AckStatus::Duplicate,
-                    batch_id: Some(batch_id),
-                    details: Some(AckDetails {
-                        events_processed: original.map_or(0, |o| o.events_stored),
-                        ..self.details()
-                    }),
-                    rate_limit: None,
-                }));
+        // The checks read the source as it is: intake's state changes only
+        // once the batch is stored (`commit`), or refused.
+        let source = self.sources.get(&source_id);
+        let acked = |s: &SourceState| s.acked_batches.contains(seq);
+        if let Some((source, fingerprint)) = source.filter(|s| acked(s)).zip(fingerprint) {
+            // The same number with other events is not a resend (a shard
+            // that lost its batch counter): stored, and counted as reused.
+            if source.is_resend(seq, fingerprint)
+                || source.is_resend(seq, incoming.legacy_fingerprint())
+            {
+                return self.duplicate(refused);
             }
-            // The same number with other events: not a resend (a shard that
-            // lost its batch counter). Stored, and counted as reused.
         }
         // One insert adds at most one range: only a full set needs the check.
-        if dedup
-            && source.acked_batches.range_count() >= MAX_WATERMARK_RANGES
-            && !source.acked_batches.contains(seq)
+        if let Some(source) = source
+            .filter(|s| dedup && s.acked_batches.range_count() >= MAX_WATERMARK_RANGES && !acked(s))
         {
             let mut acked = source.acked_batches.clone();
             acked.insert(seq);
@@ -412,11 +390,10 @@ impl Intake {
                 let error = Error::new(
                     ErrorKind::InvalidSequence,
                     format!(
-                        "batch sequence numbers of source {:?} are too sparse to track (more than {MAX_WATERMARK_RANGES} gaps); send increasing sequenceNumbers",
-                        source.source_id
+                        "batch sequence numbers of source {source_id:?} are too sparse to track (more than {MAX_WATERMARK_RANGES} gaps); send increasing sequenceNumbers"
                     ),
                 );
-                return self.refuse_batch(now, source, seq, correlation_id, &error, None);
+                return self.refuse_batch(refused, &error, None);
             }
         }
 
@@ -431,27 +408,40 @@ impl Intake {
                     self.buffer.bytes
                 ),
             );
-            return self.refuse_batch(now, source, seq, correlation_id, &error, None);
+            return self.refuse_batch(refused, &error, None);
         }
         let fallback = self.buffer.bytes + size > self.config.max_buffer_size;
-        let kept = n;
+        let Refused { correlation_id, .. } = refused;
         let record = BatchRecord {
-            source_id: source.source_id.clone(),
-            batch_seq: seq,
+            facts: BatchFacts {
+                source_id,
+                batch_seq: seq,
+                last_event_seq: last,
+                event_count: n,
+                size_bytes: size,
+                received_at: now,
+                fingerprint,
+            },
             first_event_seq: first,
-            last_event_seq: last,
-            event_count: kept,
-            size_bytes: size,
-            received_at: now,
             tables: incoming.tables,
-            fingerprint,
             payload: incoming.payload,
         };
-        source.stored(&record.facts());
+        // What the batch's row cannot say (a new source, a new shard name,
+        // an eviction) is written with it: the source's row after the batch.
+        let renamed = shard_name
+            .as_ref()
+            .is_some_and(|name| source.is_some_and(|s| s.shard_name.as_ref() != Some(name)));
+        let source = (source.is_none() || renamed || !evicted.is_empty()).then(|| {
+            let mut source = source
+                .cloned()
+                .unwrap_or_else(|| SourceState::new(&record.facts.source_id, now));
+            source.shard_name = shard_name.or(source.shard_name);
+            source.replay(&record.facts);
+            source
+        });
         Admission::Store(Box::new(StorePlan {
             source,
-            write_source,
-            record: Some(record),
+            record,
             sequence_number: seq,
             fallback,
             correlation_id,
@@ -482,55 +472,57 @@ impl Intake {
     pub fn commit(&mut self, now: i64, plan: StorePlan) -> ServerMessage {
         let StorePlan {
             source,
-            write_source,
             record,
             sequence_number,
             fallback,
             correlation_id,
             evicted: _,
         } = plan;
-        let events_stored = record.as_ref().map_or(0, |r| r.event_count);
-        let status = match &record {
-            None => {
-                self.dedup.duplicate_batches += 1;
-                AckStatus::Duplicate
+        let facts = &record.facts;
+        let source_id = &facts.source_id;
+        match source {
+            // Written with the batch: its row holds the batch.
+            Some(source) => {
+                self.unfolded.remove(source_id);
+                self.sources.insert(source_id.clone(), source);
             }
-            Some(r) => {
-                self.buffer.batches += 1;
-                self.buffer.events += r.event_count;
-                self.buffer.bytes += r.size_bytes;
-                self.buffer.oldest_ms = Some(self.buffer.oldest_ms.unwrap_or(r.received_at));
-                self.buffer.newest_ms = Some(r.received_at);
-                if fallback {
-                    AckStatus::Fallback
-                } else if self.utilization() >= BACKPRESSURE_UTILIZATION {
-                    AckStatus::Buffered
-                } else {
-                    AckStatus::Ok
+            // Only the batch's row holds it, until a flush folds it in.
+            None => {
+                if let Some(source) = self.sources.get_mut(source_id) {
+                    source.replay(facts);
+                }
+                if !self.unfolded.contains(source_id) {
+                    self.unfolded.insert(source_id.clone());
                 }
             }
+        }
+        self.buffer.batches += 1;
+        self.buffer.events += facts.event_count;
+        self.buffer.bytes += facts.size_bytes;
+        self.buffer.oldest_ms = Some(self.buffer.oldest_ms.unwrap_or(facts.received_at));
+        self.buffer.newest_ms = Some(facts.received_at);
+        let status = if fallback {
+            AckStatus::Fallback
+        } else if self.utilization() >= BACKPRESSURE_UTILIZATION {
+            AckStatus::Buffered
+        } else {
+            AckStatus::Ok
         };
+        let events_stored = facts.event_count;
         if self.config.enable_deduplication {
             self.recent.insert(
-                (source.source_id.clone(), sequence_number),
+                (source_id.clone(), sequence_number),
                 RecentBatch { events_stored },
             );
             self.recent_order
-                .push_back((now, source.source_id.clone(), sequence_number));
+                .push_back((now, source_id.clone(), sequence_number));
         }
-        let batch_id = batch_id(&source.source_id, sequence_number);
-        if write_source {
-            self.unfolded.remove(&source.source_id);
-        } else if record.is_some() {
-            self.unfolded.insert(source.source_id.clone());
-        }
-        self.sources.insert(source.source_id.clone(), source);
         ServerMessage::Ack(AckMessage {
             timestamp: now,
             correlation_id,
             sequence_number,
             status,
-            batch_id: Some(batch_id),
+            batch_id: Some(batch_id(source_id, sequence_number)),
             details: Some(AckDetails {
                 events_processed: events_stored,
                 ..self.details()
@@ -556,22 +548,36 @@ impl Intake {
         nack(now, error, sequence_number, correlation_id, None)
     }
 
-    fn refuse_batch(
-        &mut self,
-        now: i64,
-        mut source: SourceState,
-        seq: u64,
-        correlation_id: Option<String>,
-        error: &Error,
-        max_size: Option<u64>,
-    ) -> Admission {
-        // Only a known source keeps counters of refusals: refused batches
-        // must not create state (the source table is bounded).
-        if self.sources.contains_key(&source.source_id) {
+    /// Refuses a batch. Only a known source keeps counters of refusals:
+    /// refused batches must not create state (the source table is bounded).
+    fn refuse_batch(&mut self, r: Refused<'_>, error: &Error, max_size: Option<u64>) -> Admission {
+        if let Some(source) = r.apply(&mut self.sources) {
             source.batches_nacked += 1;
-            self.sources.insert(source.source_id.clone(), source);
         }
-        Admission::Reply(nack(now, error, Some(seq), correlation_id, max_size))
+        Admission::Reply(nack(r.now, error, Some(r.seq), r.correlation_id, max_size))
+    }
+
+    /// Acks a resend as `duplicate`, with what the original batch stored.
+    fn duplicate(&mut self, r: Refused<'_>) -> Admission {
+        if let Some(source) = r.apply(&mut self.sources) {
+            source.duplicate_batches += 1;
+            source.duplicate_events += r.events;
+        }
+        self.dedup.duplicate_batches += 1;
+        self.dedup.duplicate_events += r.events;
+        let original = self.recent.get(&(r.source_id.to_string(), r.seq)).copied();
+        Admission::Reply(ServerMessage::Ack(AckMessage {
+            timestamp: r.now,
+            correlation_id: r.correlation_id,
+            sequence_number: r.seq,
+            status: AckStatus::Duplicate,
+            batch_id: Some(batch_id(r.source_id, r.seq)),
+            details: Some(AckDetails {
+                events_processed: original.map_or(0, |o| o.events_stored),
+                ..self.details()
+            }),
+            rate_limit: None,
+        }))
     }
 
     fn details(&self) -> AckDetails {

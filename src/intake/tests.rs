@@ -46,7 +46,7 @@ fn send(intake: &mut Intake, now: i64, b: CdcBatchMessage) -> (ServerMessage, Op
         Admission::Reply(m) => (m, None),
         Admission::Store(plan) => {
             let record = plan.record.clone();
-            (intake.commit(now, *plan), record)
+            (intake.commit(now, *plan), Some(record))
         }
     }
 }
@@ -76,7 +76,11 @@ fn stores_then_acks_with_exact_accounting() {
     assert_eq!(a.details.as_ref().unwrap().events_processed, 3);
     let rec = rec.unwrap();
     assert_eq!(
-        (rec.first_event_seq, rec.last_event_seq, rec.event_count),
+        (
+            rec.first_event_seq,
+            rec.facts.last_event_seq,
+            rec.facts.event_count
+        ),
         (0, 2, 3)
     );
     assert_eq!(rec.tables, vec!["users".to_string()]);
@@ -90,9 +94,9 @@ fn stores_then_acks_with_exact_accounting() {
     assert_eq!(totals.newest_ms, Some(20));
     assert_eq!(
         totals.bytes,
-        rec.size_bytes + {
+        rec.facts.size_bytes + {
             let (_, r) = send(&mut intake("{}"), 0, batch("b", 0, 0..2));
-            r.unwrap().size_bytes
+            r.unwrap().facts.size_bytes
         }
     );
     let s = i.source("a").unwrap();
@@ -214,7 +218,7 @@ fn a_reused_sequence_number_with_other_events_is_stored_not_dropped() {
     // A shard that lost its batch counter: number 0 again, other events.
     let (m, rec) = send(&mut i, 1, batch("a", 0, 100..105));
     assert_eq!(ack(&m).status, AckStatus::Ok);
-    assert_eq!(rec.unwrap().event_count, 5);
+    assert_eq!(rec.unwrap().facts.event_count, 5);
     assert_eq!(i.source("a").unwrap().reused_sequence_numbers, 1);
     // Either content resent: a duplicate.
     for range in [0..5, 100..105] {
@@ -247,7 +251,7 @@ fn an_older_batch_that_was_never_acked_is_stored() {
     send(&mut i, 0, batch("a", 1, 10..20));
     let (m, rec) = send(&mut i, 1, batch("a", 0, 0..10));
     assert_eq!(ack(&m).status, AckStatus::Ok);
-    assert_eq!(rec.unwrap().event_count, 10);
+    assert_eq!(rec.unwrap().facts.event_count, 10);
     assert_eq!(i.source("a").unwrap().acked_batches.ranges(), &[(0, 1)]);
 }
 
@@ -258,7 +262,7 @@ fn every_event_of_a_new_batch_is_kept_even_with_repeated_sequences() {
     b.events.to_mut().push(event(1, "users"));
     let (m, rec) = send(&mut i, 0, b);
     assert_eq!(ack(&m).details.as_ref().unwrap().events_processed, 4);
-    assert_eq!(rec.unwrap().event_count, 4);
+    assert_eq!(rec.unwrap().facts.event_count, 4);
 }
 
 #[test]
@@ -446,8 +450,9 @@ fn state_survives_a_restart_through_its_persisted_form() {
     let mut persisted = Vec::new();
     for seq in 0..3 {
         if let Admission::Store(plan) = i.admit(0, batch("a", seq, seq * 2..seq * 2 + 2)) {
-            persisted = vec![serde_json::to_string(&plan.source).unwrap()];
             i.commit(0, *plan);
+            // The source's row as a flush folds it.
+            persisted = vec![serde_json::to_string(i.source("a").unwrap()).unwrap()];
         }
     }
     let buffer = i.buffer().clone();
@@ -481,15 +486,17 @@ fn status_reports_the_buffer() {
 #[test]
 fn payload_chunks_cut_on_char_boundaries() {
     let record = BatchRecord {
-        source_id: "a".into(),
-        batch_seq: 0,
+        facts: BatchFacts {
+            source_id: "a".into(),
+            batch_seq: 0,
+            last_event_seq: 0,
+            event_count: 1,
+            size_bytes: 0,
+            received_at: 0,
+            fingerprint: None,
+        },
         first_event_seq: 0,
-        last_event_seq: 0,
-        event_count: 1,
-        size_bytes: 0,
-        received_at: 0,
         tables: vec![],
-        fingerprint: None,
         payload: "aé€😀".repeat(1000),
     };
     for max in [4, 5, 7, 100, 1_000_000] {
@@ -553,7 +560,7 @@ fn a_batch_is_stored_as_received_and_decodes_to_the_same_events() {
         "{}",
         record.payload
     );
-    assert_eq!(record.size_bytes, record.payload.len() as u64);
+    assert_eq!(record.facts.size_bytes, record.payload.len() as u64);
     let stored = crate::intake::decode_events(&record.payload).unwrap();
     assert_eq!(stored, events, "a flush reads the same events");
 }
@@ -727,12 +734,10 @@ impl Rows {
         for id in &plan.evicted {
             self.sources.remove(id);
         }
-        if let Some(record) = &plan.record {
-            self.last_id += 1;
-            self.batches.push((self.last_id, record.facts()));
-        }
-        if plan.write_source || plan.record.is_none() {
-            self.write_source(&plan.source);
+        self.last_id += 1;
+        self.batches.push((self.last_id, plan.record.facts.clone()));
+        if let Some(source) = &plan.source {
+            self.write_source(source);
         }
     }
 
@@ -859,12 +864,12 @@ fn a_batch_writes_its_source_row_only_when_its_row_cannot_say_it() {
     };
     // A new source: its row is written with the batch.
     let p = plan(&mut i, batch("a", 0, 0..3));
-    assert!(p.write_source);
+    assert!(p.source.is_some());
     i.commit(0, *p);
     assert_eq!(i.unfolded().count(), 0);
     // The same shard name: the batch's row alone.
     let p = plan(&mut i, batch("a", 1, 3..6));
-    assert!(!p.write_source);
+    assert!(p.source.is_none());
     i.commit(0, *p);
     assert_eq!(
         i.unfolded()
@@ -876,7 +881,7 @@ fn a_batch_writes_its_source_row_only_when_its_row_cannot_say_it() {
     let mut b = batch("a", 2, 6..9);
     b.source_shard_name = Some("renamed".into());
     let p = plan(&mut i, b);
-    assert!(p.write_source);
+    assert!(p.source.is_some());
     i.commit(0, *p);
     assert_eq!(i.unfolded().count(), 0);
 }

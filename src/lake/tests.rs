@@ -856,13 +856,13 @@ fn doubles_reach_parquet_bit_exact() {
         let crate::intake::Admission::Store(plan) = intake.admit(T0, batch) else {
             panic!("batch {b} not stored")
         };
-        let record = plan.record.clone().unwrap();
+        let record = plan.record.clone();
         intake.commit(T0, *plan);
         // The flush: the stored JSON parsed back, grouped by table, committed.
         loaded.push(crate::flush::LoadedBatch {
             row_id: b as i64 + 1,
-            source_id: record.source_id.clone(),
-            batch_seq: record.batch_seq,
+            source_id: record.facts.source_id.clone(),
+            batch_seq: record.facts.batch_seq,
             events: crate::intake::decode_events(&record.payload).unwrap(),
         });
     }

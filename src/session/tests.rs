@@ -22,8 +22,8 @@ impl Host for MemoryHost {
             return Err(Error::storage("disk on fire"));
         }
         self.plans.borrow_mut().push(plan.clone());
-        if plan.write_source {
-            self.save_source(&plan.source)?;
+        if let Some(source) = &plan.source {
+            self.save_source(source)?;
         }
         Ok(())
     }
